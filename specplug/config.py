@@ -1,0 +1,179 @@
+"""Configuration: defaults < file (``--config`` or ``SPECPLUG_CONFIG``) < ``--set key=value`` overrides.
+
+Files are YAML or JSON. Every key is checked: unknown keys get the closest known one suggested.
+Proposer options are the keys under ``proposer:`` besides ``name``; the proposer checks them.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from specplug.errors import ConfigError, closest
+from specplug.metadata import SamplingParams
+
+MAX_SPECULATIVE_TOKENS = 64
+
+DEFAULTS: dict[str, Any] = {
+    "model": "smollm2-135m",  # HF directory, .gguf file, or alias
+    "dtype": "float32",
+    "device": "cpu",  # cpu, cuda, cuda:N, auto
+    "num_speculative_tokens": 4,  # k, as in vLLM
+    "proposer": {"name": "ngram"},
+    "verifier": {"name": "rejection"},
+    "sampling": {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0},
+    "max_model_len": 2048,
+    "max_new_tokens": 256,
+    "stop": [],
+    "threads": None,  # torch CPU threads; None = torch's default
+}
+
+
+@dataclass(frozen=True)
+class PluginChoice:
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    model: str
+    dtype: str
+    device: str
+    num_speculative_tokens: int
+    proposer: PluginChoice
+    verifier: PluginChoice
+    sampling: SamplingParams
+    max_model_len: int
+    max_new_tokens: int
+    stop: tuple[str, ...]
+    threads: int | None
+    source: str = "defaults"  # where it came from, for messages
+
+    @property
+    def seed(self) -> int | None:
+        return self.sampling.seed
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read, merge and validate a configuration. ``path=None`` falls back to ``$SPECPLUG_CONFIG``."""
+    data = copy.deepcopy(DEFAULTS)
+    path = path or os.environ.get("SPECPLUG_CONFIG") or None
+    if path is not None:
+        _merge(data, read_config_file(Path(path)))
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(data, key, value)
+    return validate(data, source=str(path) if path else "defaults")
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' not found (see configs/ for ready-made ones)")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file '{path}' is not valid YAML/JSON: {exc}".replace("\n", " ")) from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of keys to values")
+    return loaded
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key=value (e.g. --set proposer.name=none), got '{item}'")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if key in ("proposer", "verifier") and isinstance(value, str):
+            value = {"name": value}
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            if key == "proposer" and value.get("name", base[key].get("name")) != base[key].get("name"):
+                base[key] = {}  # another proposer: the previous one's options do not apply
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    _merge(data, value)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _check_keys(section: str, given: dict[str, Any], known: dict[str, Any]) -> None:
+    for key in given:
+        if key not in known:
+            where = f"'{section}.{key}'" if section else f"'{key}'"
+            raise ConfigError(f"unknown config key {where}{closest(key, known)}; "
+                              f"known keys: {', '.join(known)}")
+
+
+def _choice(data: dict[str, Any], key: str) -> PluginChoice:
+    value = data[key]
+    if isinstance(value, str):
+        value = {"name": value}
+    _require(isinstance(value, dict) and isinstance(value.get("name"), str) and value["name"],
+             f"'{key}' needs a name, e.g. {key}: {{name: {DEFAULTS[key]['name']}}}")
+    options = {k: v for k, v in value.items() if k != "name"}
+    return PluginChoice(value["name"], options)
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate(data: dict[str, Any], source: str = "defaults") -> Config:
+    _check_keys("", data, DEFAULTS)
+    sampling = data["sampling"]
+    _require(isinstance(sampling, dict), "'sampling' must be a mapping (temperature, top_k, top_p, seed)")
+    _check_keys("sampling", sampling, DEFAULTS["sampling"])
+    sampling = {**DEFAULTS["sampling"], **sampling}
+    k = data["num_speculative_tokens"]
+    _require(_integer(k) and 1 <= k <= MAX_SPECULATIVE_TOKENS,
+             f"num_speculative_tokens must be an integer from 1 to {MAX_SPECULATIVE_TOKENS} (got {k!r}); "
+             "use proposer: {name: none} for plain decoding")
+    temperature = sampling["temperature"]
+    _require(isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature >= 0,
+             f"sampling.temperature must be a number >= 0 (got {temperature!r}); 0 means greedy")
+    _require(_integer(sampling["top_k"]) and sampling["top_k"] >= 0,
+             f"sampling.top_k must be an integer >= 0 (got {sampling['top_k']!r}); 0 turns it off")
+    top_p = sampling["top_p"]
+    _require(isinstance(top_p, (int, float)) and 0 < top_p <= 1,
+             f"sampling.top_p must be in (0, 1] (got {top_p!r}); 1 turns it off")
+    _require(sampling["seed"] is None or _integer(sampling["seed"]),
+             f"sampling.seed must be an integer or null (got {sampling['seed']!r})")
+    for key in ("max_model_len", "max_new_tokens"):
+        _require(_integer(data[key]) and data[key] >= 1, f"{key} must be an integer >= 1 (got {data[key]!r})")
+    _require(data["threads"] is None or (_integer(data["threads"]) and data["threads"] >= 1),
+             f"threads must be an integer >= 1 or null (got {data['threads']!r})")
+    stop = data["stop"]
+    stop = [stop] if isinstance(stop, str) else stop
+    _require(isinstance(stop, list) and all(isinstance(s, str) for s in stop),
+             "stop must be a string or a list of strings")
+    for key in ("model", "dtype", "device"):
+        _require(isinstance(data[key], str) and data[key], f"{key} must be a non-empty string")
+    return Config(
+        model=data["model"], dtype=data["dtype"], device=data["device"], num_speculative_tokens=k,
+        proposer=_choice(data, "proposer"), verifier=_choice(data, "verifier"),
+        sampling=SamplingParams(float(temperature), sampling["top_k"], float(top_p), sampling["seed"]),
+        max_model_len=data["max_model_len"], max_new_tokens=data["max_new_tokens"], stop=tuple(stop),
+        threads=data["threads"], source=source,
+    )

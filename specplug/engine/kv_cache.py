@@ -1,0 +1,63 @@
+"""A static KV cache in grouped-query-attention layout, with per-row lengths and rollback.
+
+Per layer, K and V are preallocated buffers of shape [slots, kv_heads, max_len, head_dim]: KV heads
+are stored once (never repeated to the query-head count). ``lengths[slot]`` counts the positions of
+that row whose K/V are valid. Rolling back rejected draft positions only moves that length: stale
+entries beyond it are masked out by position and overwritten by the next write.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class StaticKVCache(nn.Module):
+    def __init__(
+        self,
+        num_layers: int,
+        slots: int,
+        kv_heads: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str = "cpu",
+    ):
+        super().__init__()
+        shape = (slots, kv_heads, max_len, head_dim)
+        for layer in range(num_layers):
+            self.register_buffer(f"k{layer}", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+            self.register_buffer(f"v{layer}", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.num_layers, self.slots, self.max_len = num_layers, slots, max_len
+        self.lengths = [0] * slots  # [slots] valid positions per row
+
+    def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return getattr(self, f"k{index}"), getattr(self, f"v{index}")
+
+    def write(
+        self, index: int, rows: slice, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> None:
+        """Store k, v [B, T, kv_heads, head_dim] of ``rows`` at ``positions`` [B, T]."""
+        k_cache, v_cache = self.layer(index)
+        batch = torch.arange(positions.shape[0], device=positions.device)[:, None]
+        k_cache[rows][batch, :, positions] = k
+        v_cache[rows][batch, :, positions] = v
+
+    def read(self, index: int, rows: slice, upto: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views [B, kv_heads, upto, head_dim] of ``rows`` (no copy)."""
+        k_cache, v_cache = self.layer(index)
+        return k_cache[rows, :, :upto], v_cache[rows, :, :upto]
+
+    def rollback(self, slot: int, length: int) -> None:
+        """Forget every position of ``slot`` from ``length`` on."""
+        if not 0 <= length <= self.lengths[slot]:
+            raise ValueError(f"cannot roll slot {slot} back to {length}: it holds {self.lengths[slot]}")
+        self.lengths[slot] = length
+
+    def move(self, src: int, dst: int) -> None:
+        """Copy row ``src`` into slot ``dst`` (keeps the live rows packed at the front)."""
+        n = self.lengths[src]
+        for index in range(self.num_layers):
+            for buf in self.layer(index):
+                buf[dst, :, :n] = buf[src, :, :n]
+        self.lengths[dst], self.lengths[src] = n, 0

@@ -1,0 +1,184 @@
+"""A compact Llama-family forward for the embedded engine (after gpt-fast).
+
+Weights are fused where the math allows (Q/K/V in one matrix, gate/up in one), RoPE is applied to
+Q and K in one complex multiply (their rows are permuted to interleaved pairs at load time, which
+leaves attention scores unchanged), attention reads the static GQA cache through SDPA with
+``enable_gqa=True``, and logits are computed only at the positions asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from specplug.engine.kv_cache import StaticKVCache
+from specplug.errors import SpecplugError
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral")
+
+# On CPUs, MKL's skinny GEMM (activation with few rows M) is much slower as x @ W.T than as W @ x.T,
+# and the one-row GEMV is slower than a two-row GEMM (docs/benchmarks.md). Up to this many rows the
+# transposed form is used; a single row is padded to two.
+SKINNY_ROWS_MAX = 32
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x [..., in] @ weight[out, in].T, choosing the fastest formulation for the shape."""
+    rows = x.numel() // x.shape[-1]
+    if x.device.type != "cpu" or rows > SKINNY_ROWS_MAX:
+        return F.linear(x, weight)
+    flat = x.reshape(rows, x.shape[-1])
+    if rows == 1:
+        flat = torch.cat([flat, flat])
+    out = (weight @ flat.T).T[:rows].contiguous()
+    return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
+@dataclass
+class Block:
+    """One decoder layer's weights (fused)."""
+
+    attn_norm: torch.Tensor  # [hidden]
+    qkv: torch.Tensor  # [(q_heads + 2 * kv_heads) * head_dim, hidden]; Q, K rows in RoPE pair order
+    out: torch.Tensor  # [hidden, q_heads * head_dim]
+    mlp_norm: torch.Tensor  # [hidden]
+    gate_up: torch.Tensor  # [2 * intermediate, hidden]
+    down: torch.Tensor  # [hidden, intermediate]
+
+
+@dataclass(frozen=True)
+class Shape:
+    num_layers: int
+    hidden: int
+    q_heads: int
+    kv_heads: int
+    head_dim: int
+    vocab_size: int
+    max_positions: int
+    norm_eps: float
+
+
+def check_supported(config) -> None:
+    problems = []
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        problems.append(f"model type '{config.model_type}'")
+    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
+        problems.append("bias in attention or MLP")
+    if getattr(config, "hidden_act", "silu") != "silu":
+        problems.append(f"activation '{config.hidden_act}'")
+    if problems:
+        raise SpecplugError(
+            f"the embedded engine runs Llama-family models ({', '.join(SUPPORTED_MODEL_TYPES)}: no biases, "
+            f"SiLU); this model has {', '.join(problems)}. Use a Llama-family model or the vLLM adapter."
+        )
+
+
+def _pair_order(heads: int, head_dim: int) -> torch.Tensor:
+    """Row order that turns HF's rotate-half layout into interleaved (real, imag) pairs, per head."""
+    half = head_dim // 2
+    per_head = torch.stack([torch.arange(half), torch.arange(half) + half], dim=1).flatten()
+    return (torch.arange(heads)[:, None] * head_dim + per_head[None, :]).flatten()
+
+
+class CompactLlama(nn.Module):
+    def __init__(self, shape: Shape, blocks: list[Block], embed: torch.Tensor, norm: torch.Tensor,
+                 lm_head: torch.Tensor, inv_freq: torch.Tensor, rope_scale: float):
+        super().__init__()
+        self.shape, self.blocks = shape, blocks
+        self.embed, self.norm, self.lm_head = embed, norm, lm_head
+        positions = torch.arange(shape.max_positions, dtype=torch.float32, device=inv_freq.device)
+        angles = positions[:, None] * inv_freq.float()[None, :]  # [max_positions, head_dim / 2]
+        self.rope = torch.polar(torch.full_like(angles, rope_scale), angles)  # complex64
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.device
+
+    @classmethod
+    def from_hf(cls, hf_model, dtype: torch.dtype, device: torch.device) -> "CompactLlama":
+        """Fuse the weights of a transformers Llama model (which may then be freed)."""
+        config = hf_model.config
+        check_supported(config)
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        shape = Shape(config.num_hidden_layers, config.hidden_size, config.num_attention_heads,
+                      config.num_key_value_heads, head_dim, config.vocab_size,
+                      config.max_position_embeddings, config.rms_norm_eps)
+        q_order = _pair_order(shape.q_heads, head_dim)
+        k_order = _pair_order(shape.kv_heads, head_dim)
+
+        def take(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().to(device=device, dtype=dtype).contiguous()
+
+        blocks = []
+        for layer in hf_model.model.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            qkv = torch.cat([attn.q_proj.weight[q_order], attn.k_proj.weight[k_order], attn.v_proj.weight])
+            blocks.append(Block(
+                attn_norm=take(layer.input_layernorm.weight), qkv=take(qkv), out=take(attn.o_proj.weight),
+                mlp_norm=take(layer.post_attention_layernorm.weight),
+                gate_up=take(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])),
+                down=take(mlp.down_proj.weight),
+            ))
+        embed = take(hf_model.model.embed_tokens.weight)
+        tied = hf_model.lm_head.weight.data_ptr() == hf_model.model.embed_tokens.weight.data_ptr()
+        lm_head = embed if tied else take(hf_model.lm_head.weight)
+        rotary = hf_model.model.rotary_emb
+        return cls(shape, blocks, embed, take(hf_model.model.norm.weight), lm_head,
+                   rotary.inv_freq.to(device), float(getattr(rotary, "attention_scaling", 1.0)))
+
+    def new_cache(self, slots: int, max_len: int) -> StaticKVCache:
+        s = self.shape
+        return StaticKVCache(s.num_layers, slots, s.kv_heads, max_len, s.head_dim, self.dtype, self.device)
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.shape.norm_eps)
+        return weight * x32.to(x.dtype)
+
+    def apply_rope(self, qk: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """qk [B, T, heads, head_dim] in pair order -> rotated, same shape and dtype."""
+        pairs = torch.view_as_complex(qk.float().reshape(*qk.shape[:-1], -1, 2))
+        rotated = pairs * self.rope[positions][:, :, None, :]
+        return torch.view_as_real(rotated).flatten(-2).to(qk.dtype)
+
+    def attention_mask(self, positions: torch.Tensor, upto: int) -> torch.Tensor | None:
+        """[B, 1, T, upto] bool: query at position p sees cache positions <= p. None when all see all."""
+        if positions.shape[1] == 1 and bool((positions[:, 0] == upto - 1).all()):
+            return None
+        keys = torch.arange(upto, device=positions.device)
+        return (keys[None, None, :] <= positions[:, :, None])[:, None]
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, cache: StaticKVCache,
+                rows: slice, logit_positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Run ``input_ids`` [B, T] at ``positions`` [B, T] for cache ``rows``; write their K/V.
+
+        Returns float32 logits [B, T', V] at ``logit_positions`` [B, T'] (indices into T; all if None).
+        Rows of one call may sit at different positions; the caller keeps ``cache.lengths``.
+        """
+        s = self.shape
+        batch, steps = input_ids.shape
+        upto = int(positions.max()) + 1
+        mask = self.attention_mask(positions, upto)
+        h = F.embedding(input_ids, self.embed)
+        for index, block in enumerate(self.blocks):
+            qkv = linear(self.rms_norm(h, block.attn_norm), block.qkv)
+            qkv = qkv.view(batch, steps, s.q_heads + 2 * s.kv_heads, s.head_dim)
+            qk = self.apply_rope(qkv[:, :, : s.q_heads + s.kv_heads], positions)
+            q, k, v = qk[:, :, : s.q_heads], qk[:, :, s.q_heads :], qkv[:, :, s.q_heads + s.kv_heads :]
+            cache.write(index, rows, positions, k, v)
+            k_all, v_all = cache.read(index, rows, upto)
+            attn = F.scaled_dot_product_attention(q.transpose(1, 2), k_all, v_all, attn_mask=mask,
+                                                  enable_gqa=True)
+            h = h + linear(attn.transpose(1, 2).reshape(batch, steps, -1), block.out)
+            gate, up = linear(self.rms_norm(h, block.mlp_norm), block.gate_up).chunk(2, dim=-1)
+            h = h + linear(F.silu(gate) * up, block.down)
+        if logit_positions is not None:
+            h = h.gather(1, logit_positions[..., None].expand(-1, -1, h.shape[-1]))
+        return linear(self.rms_norm(h, self.norm), self.lm_head).float()

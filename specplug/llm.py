@@ -1,0 +1,100 @@
+"""``LLM``: a configured engine (model, proposer, verifier) with a simple ``generate``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from specplug.config import Config, load_config
+from specplug.engine.engine import Engine, Request, Row, StepOutput
+from specplug.engine.loader import load_hf_model, load_tokenizer, parse_device, parse_dtype, resolve_model
+from specplug.engine.model import CompactLlama
+from specplug.metadata import ProposerContext
+from specplug.plugins import load_registry
+from specplug.prompts import Prompt, encode_prompt
+from specplug.registry import Registry
+
+
+@dataclass
+class Completion:
+    index: int
+    text: str
+    token_ids: list[int]  # generated ids only
+    finish_reason: str  # "stop" or "length"
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def eos_ids(hf_model, tokenizer) -> list[int]:
+    eos = getattr(hf_model.generation_config, "eos_token_id", None)
+    eos = tokenizer.eos_token_id if eos is None else eos
+    return [eos] if isinstance(eos, int) else list(eos or [])
+
+
+class LLM:
+    """Loads the target model once and serves ``generate`` calls with the configured proposer."""
+
+    def __init__(self, config: Config | None = None, registry: Registry | None = None, max_batch_size: int = 1):
+        self.config = config or load_config()
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        self.registry = registry or load_registry()
+        device, dtype = parse_device(self.config.device), parse_dtype(self.config.dtype)
+        self.model_dir = resolve_model(self.config.model)
+        self.tokenizer = load_tokenizer(self.model_dir)
+        hf_model = load_hf_model(self.model_dir, dtype)
+        self.eos_token_ids = eos_ids(hf_model, self.tokenizer)
+        self.model = CompactLlama.from_hf(hf_model, dtype, device)
+        del hf_model
+        context = ProposerContext(self.config.num_speculative_tokens, self.model.shape.vocab_size, device,
+                                  self.tokenizer, self.model)
+        self.proposer = self.registry.create("proposer", self.config.proposer.name, context,
+                                             options=self.config.proposer.options)
+        self.verifier = self.registry.create("verifier", self.config.verifier.name,
+                                             options=self.config.verifier.options)
+        self.engine = Engine(self.model, self.tokenizer, self.proposer, self.verifier,
+                             self.config.num_speculative_tokens, max_batch_size, self.config.max_model_len,
+                             self.config.seed, self.eos_token_ids)
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        return encode_prompt(self.tokenizer, prompt)
+
+    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int | None = None,
+                 on_step: Callable[[StepOutput], None] | None = None) -> list[Completion]:
+        """Generate for every prompt (batched up to ``max_batch_size``); completions in input order."""
+        requests = [Request(i, self.encode(p), max_new_tokens or self.config.max_new_tokens,
+                            self.config.sampling, self.config.stop) for i, p in enumerate(prompts)]
+        done: dict[int, Completion] = {}
+        for output in self.engine.run(requests):
+            if on_step is not None:
+                on_step(output)
+            if output.finish_reason is not None:
+                done[output.request_id] = self.completion(output.row)
+        return [done[i] for i in range(len(requests))]
+
+    def completion(self, row: Row) -> Completion:
+        generated = row.token_ids[len(row.request.prompt_token_ids):]
+        text = self.tokenizer.decode(generated, skip_special_tokens=True)
+        if row.finish_reason == "stop":
+            text = row.stopper.cut(text)
+        return Completion(row.request.request_id, text, generated, row.finish_reason or "length",
+                          self.stats(row, len(generated)))
+
+    def stats(self, row: Row, generated: int) -> dict[str, Any]:
+        s = row.stats
+        wall = max((s.finished or time.perf_counter()) - s.started, 1e-9)
+        return {
+            "proposer": self.config.proposer.name,
+            "num_speculative_tokens": self.config.num_speculative_tokens,
+            "generated_tokens": generated,
+            "target_forwards": s.target_forwards,
+            "draft_tokens": s.draft_tokens,
+            "accepted_tokens": s.accepted_tokens,
+            "acceptance_rate": s.accepted_tokens / s.draft_tokens if s.draft_tokens else 0.0,
+            "mean_accepted_per_step": s.accepted_tokens / s.verify_steps if s.verify_steps else 0.0,
+            "wall_time_s": wall,
+            "tokens_per_second": generated / wall,
+        }

@@ -1,0 +1,86 @@
+"""Data passed between the decode loop, proposers and verifiers (engine-independent).
+
+Shapes are given beside each field: B = rows in the batch, K = most drafts of any row this step,
+V = vocabulary size, N = tokens a row holds so far.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How the target's next token is chosen. ``temperature == 0`` means greedy."""
+
+    temperature: float = 0.0
+    top_k: int = 0  # 0 = no top-k filter
+    top_p: float = 1.0  # 1.0 = no nucleus filter
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass
+class DraftRequest:
+    """What a proposer sees of one row at one step."""
+
+    seq_id: Hashable  # stable for the life of the request; state kept per row is keyed by it
+    token_ids: Sequence[int]  # [N] prompt + every accepted output token (list or 1-D numpy array)
+    num_prompt_tokens: int
+    max_draft_tokens: int  # propose at most this many (may be 0: propose nothing)
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+
+
+@dataclass
+class Draft:
+    """A proposer's answer for one row."""
+
+    token_ids: list[int]  # [n_draft], n_draft <= max_draft_tokens
+    # [n_draft, V] distribution each draft token was sampled from (same filters as the target's);
+    # None for a deterministic draft (n-gram lookup, greedy draft), verified as one-hot.
+    probs: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class VerifyOutcome:
+    """What the verifier decided for one row, told back to the proposer."""
+
+    seq_id: Hashable
+    num_draft: int
+    num_accepted: int  # accepted draft tokens; the row emitted num_accepted + 1 tokens
+    emitted: tuple[int, ...]  # accepted drafts then the recovered or bonus token
+
+
+@dataclass
+class VerifyInput:
+    """A verify step for the whole batch."""
+
+    target_logits: torch.Tensor  # [B, K + 1, V]; row b is valid in its first num_draft[b] + 1 positions
+    draft_token_ids: torch.Tensor  # [B, K] long, 0 beyond num_draft[b]
+    num_draft: torch.Tensor  # [B] long
+    draft_probs: torch.Tensor | None  # [B, K, V], or None when every row's draft is deterministic
+    sampling: Sequence[SamplingParams]  # [B]
+    generator: torch.Generator | None = None
+
+
+@dataclass
+class VerifyOutput:
+    output_token_ids: torch.Tensor  # [B, K + 1] long: emitted tokens, -1 after num_accepted[b] + 1
+    num_accepted: torch.Tensor  # [B] long
+
+
+@dataclass
+class ProposerContext:
+    """What a proposer factory is told about the engine it will serve."""
+
+    num_speculative_tokens: int  # k: the most tokens a row may be asked for
+    vocab_size: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    tokenizer: object | None = None  # a transformers tokenizer, when the engine has one
+    target: object | None = None  # the engine's target model, for proposers that share its weights

@@ -1,0 +1,91 @@
+"""Built-in plugin: ``ngram``, prompt-lookup decoding.
+
+The longest recent n-gram (max_n down to min_n tokens) that ends the sequence is looked up among the
+earlier tokens (prompt and output); the tokens that followed its latest earlier occurrence are the draft.
+Each row keeps a hash index from n-gram to the position after its latest occurrence, extended only
+with the tokens accepted since the previous step: no scan over the prompt per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+
+from specplug.errors import ConfigError
+from specplug.hookspecs import hookimpl
+from specplug.metadata import Draft, DraftRequest, ProposerContext
+from specplug.proposers.base import Proposer
+
+
+class NgramIndex:
+    """n-gram -> position of the token that followed its latest occurrence, for one row."""
+
+    def __init__(self, min_n: int, max_n: int):
+        self.sizes = range(max_n, min_n - 1, -1)  # longest first
+        self.tokens: list[int] = []
+        self.tables: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in self.sizes}
+
+    def follows(self, token_ids: Sequence[int]) -> bool:
+        """True when ``token_ids`` extends the tokens indexed so far (checked at the last one)."""
+        seen = len(self.tokens)
+        return len(token_ids) >= seen and (seen == 0 or int(token_ids[seen - 1]) == self.tokens[-1])
+
+    def extend(self, token_ids: Sequence[int]) -> None:
+        """Index the tokens of ``token_ids`` beyond those already seen."""
+        start = len(self.tokens)
+        new = token_ids[start:]
+        self.tokens.extend(new.tolist() if hasattr(new, "tolist") else new)
+        tokens = self.tokens
+        # The n-gram tokens[end - n:end] is indexed once the token after it (tokens[end]) exists,
+        # so a lookup of the final n-gram only finds earlier occurrences.
+        for end in range(max(start, 1), len(tokens)):
+            for n, table in self.tables.items():
+                if end >= n:
+                    table[tuple(tokens[end - n : end])] = end
+
+    def lookup(self, max_tokens: int) -> list[int]:
+        """Continuation of the longest matching suffix n-gram, at most ``max_tokens`` long."""
+        tokens = self.tokens
+        for n in self.sizes:
+            if len(tokens) <= n:
+                continue
+            follow = self.tables[n].get(tuple(tokens[-n:]))
+            if follow is not None:
+                return tokens[follow : follow + max_tokens]
+        return []
+
+
+class NgramProposer(Proposer):
+    name = "ngram"
+
+    def __init__(self, min_n: int = 1, max_n: int = 4):
+        self.min_n, self.max_n = min_n, max_n
+        self.indexes: dict[Hashable, NgramIndex] = {}
+
+    def propose(self, requests: Sequence[DraftRequest]) -> list[Draft]:
+        return [Draft(self._propose_one(r)) for r in requests]
+
+    def _propose_one(self, request: DraftRequest) -> list[int]:
+        index = self.indexes.get(request.seq_id)
+        if index is None or not index.follows(request.token_ids):
+            index = self.indexes[request.seq_id] = NgramIndex(self.min_n, self.max_n)
+        index.extend(request.token_ids)
+        if request.max_draft_tokens <= 0:
+            return []
+        return index.lookup(request.max_draft_tokens)
+
+    def release(self, seq_id: Hashable) -> None:
+        self.indexes.pop(seq_id, None)
+
+
+def make_ngram(context: ProposerContext, *, min_n: int = 1, max_n: int = 4) -> NgramProposer:
+    if not (isinstance(min_n, int) and isinstance(max_n, int) and 1 <= min_n <= max_n <= 64):
+        raise ConfigError(
+            f"proposer 'ngram' needs 1 <= min_n <= max_n <= 64 (got min_n={min_n}, max_n={max_n}); "
+            "e.g. --set proposer.min_n=1 --set proposer.max_n=4"
+        )
+    return NgramProposer(min_n=min_n, max_n=max_n)
+
+
+@hookimpl
+def register_proposers(register):
+    register.proposer("ngram", make_ngram)

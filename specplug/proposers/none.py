@@ -1,0 +1,25 @@
+"""Built-in plugin: ``none``, which proposes nothing: plain autoregressive decoding, the baseline."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from specplug.hookspecs import hookimpl
+from specplug.metadata import Draft, DraftRequest, ProposerContext
+from specplug.proposers.base import Proposer
+
+
+class NoProposer(Proposer):
+    name = "none"
+
+    def propose(self, requests: Sequence[DraftRequest]) -> list[Draft]:
+        return [Draft([]) for _ in requests]
+
+
+def make_none(context: ProposerContext) -> NoProposer:
+    return NoProposer()
+
+
+@hookimpl
+def register_proposers(register):
+    register.proposer("none", make_none)
