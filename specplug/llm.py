@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -9,7 +11,7 @@ from typing import Any
 
 import torch
 
-from specplug.config import Config, load_config
+from specplug.config import Config, PluginChoice, load_config
 from specplug.engine.engine import Engine, Request, Row, StepOutput
 from specplug.engine.loader import load_hf_model, load_tokenizer, parse_device, parse_dtype, resolve_model
 from specplug.engine.model import CompactLlama
@@ -42,6 +44,8 @@ class LLM:
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
         self.registry = registry or load_registry()
+        self.registry.check_choice("proposer", self.config.proposer.name, self.config.proposer.options)
+        self.registry.check_choice("verifier", self.config.verifier.name, self.config.verifier.options)
         device, dtype = parse_device(self.config.device), parse_dtype(self.config.dtype)
         self.model_dir = resolve_model(self.config.model)
         self.tokenizer = load_tokenizer(self.model_dir)
@@ -49,15 +53,26 @@ class LLM:
         self.eos_token_ids = eos_ids(hf_model, self.tokenizer)
         self.model = CompactLlama.from_hf(hf_model, dtype, device)
         del hf_model
-        context = ProposerContext(self.config.num_speculative_tokens, self.model.shape.vocab_size, device,
-                                  self.tokenizer, self.model)
-        self.proposer = self.registry.create("proposer", self.config.proposer.name, context,
-                                             options=self.config.proposer.options)
-        self.verifier = self.registry.create("verifier", self.config.verifier.name,
-                                             options=self.config.verifier.options)
+        self.max_batch_size = max_batch_size
+        self._build_engine()
+
+    def _build_engine(self) -> None:
+        config = self.config
+        context = ProposerContext(config.num_speculative_tokens, self.model.shape.vocab_size,
+                                  self.model.device, self.tokenizer, self.model)
+        self.proposer = self.registry.create("proposer", config.proposer.name, context,
+                                             options=config.proposer.options)
+        self.verifier = self.registry.create("verifier", config.verifier.name, options=config.verifier.options)
         self.engine = Engine(self.model, self.tokenizer, self.proposer, self.verifier,
-                             self.config.num_speculative_tokens, max_batch_size, self.config.max_model_len,
-                             self.config.seed, self.eos_token_ids)
+                             config.num_speculative_tokens, self.max_batch_size, config.max_model_len,
+                             config.seed, self.eos_token_ids)
+
+    def with_proposer(self, name: str, **options: Any) -> "LLM":
+        """Another LLM on the same loaded weights, drafting with proposer ``name``."""
+        other = copy.copy(self)
+        other.config = dataclasses.replace(self.config, proposer=PluginChoice(name, options))
+        other._build_engine()
+        return other
 
     def encode(self, prompt: Prompt) -> list[int]:
         return encode_prompt(self.tokenizer, prompt)
@@ -65,8 +80,13 @@ class LLM:
     def generate(self, prompts: Sequence[Prompt], max_new_tokens: int | None = None,
                  on_step: Callable[[StepOutput], None] | None = None) -> list[Completion]:
         """Generate for every prompt (batched up to ``max_batch_size``); completions in input order."""
-        requests = [Request(i, self.encode(p), max_new_tokens or self.config.max_new_tokens,
-                            self.config.sampling, self.config.stop) for i, p in enumerate(prompts)]
+        return self.generate_ids([self.encode(p) for p in prompts], max_new_tokens, on_step)
+
+    def generate_ids(self, prompts: Sequence[list[int]], max_new_tokens: int | None = None,
+                     on_step: Callable[[StepOutput], None] | None = None) -> list[Completion]:
+        """``generate`` for prompts that are already token ids."""
+        requests = [Request(i, list(ids), max_new_tokens or self.config.max_new_tokens,
+                            self.config.sampling, self.config.stop) for i, ids in enumerate(prompts)]
         done: dict[int, Completion] = {}
         for output in self.engine.run(requests):
             if on_step is not None:

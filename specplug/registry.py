@@ -43,11 +43,14 @@ class Registry:
                 f"Install the package that provides it, or pick a known one."
             ) from None
 
+    def check_choice(self, kind: Kind, name: str, options: dict[str, Any]) -> None:
+        """Raise ConfigError unless ``name`` is registered and takes every key of ``options``."""
+        check_options(f"{kind} '{name}'", self.get(kind, name).factory, options)
+
     def create(self, kind: Kind, name: str, *args: Any, options: dict[str, Any]) -> Any:
         """Call the factory registered as ``name`` with ``options``, rejecting keys it does not take."""
-        factory = self.get(kind, name).factory
-        check_options(f"{kind} '{name}'", factory, options)
-        return factory(*args, **options)
+        self.check_choice(kind, name, options)
+        return self.get(kind, name).factory(*args, **options)
 
 
 def check_options(what: str, factory: Callable[..., Any], options: dict[str, Any]) -> None:

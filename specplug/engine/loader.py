@@ -117,8 +117,13 @@ def parse_device(name: str) -> torch.device:
 
 def load_hf_model(model_dir: Path, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
+    hf_logging.disable_progress_bar()  # loading a local directory takes a second; no bar needed
+    try:
+        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
+    finally:
+        hf_logging.enable_progress_bar()
 
 
 def load_tokenizer(model_dir: Path):

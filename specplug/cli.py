@@ -1,0 +1,153 @@
+"""The ``specplug`` command: generate, plugins, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+
+from specplug.errors import SpecplugError
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"specplug: warning: {message}\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="specplug", description="Speculative decoding with pluggable proposers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add_config_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help="YAML/JSON config file (default: $SPECPLUG_CONFIG, else built-in defaults)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key (dotted, e.g. proposer.name=none); repeatable")
+        p.add_argument("--max-new-tokens", type=int, help="tokens to generate per prompt (default: config)")
+
+    gen = sub.add_parser("generate", help="generate text with the configured proposer")
+    add_config_args(gen)
+    source = gen.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="raw prompt text")
+    source.add_argument("--prompts-file", help='JSONL: {"prompt": ...} or {"messages": [...]} per line')
+    gen.add_argument("--batch-size", type=int, default=1, help="rows decoded together (default 1)")
+    gen.add_argument("--json", action="store_true", help="one JSON object per prompt on stdout, in input order")
+
+    plugins = sub.add_parser("plugins", help="list registered proposers and verifiers")
+    plugins.add_argument("--json", action="store_true")
+
+    bench = sub.add_parser("bench", help="tokens/s against plain decoding and HF generate, in one run")
+    add_config_args(bench)
+    bench.add_argument("--prompts-file", required=True)
+    bench.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.formatwarning = _one_line_warning
+    try:
+        if args.command == "plugins":
+            return cmd_plugins(args)
+        if args.command == "generate":
+            return cmd_generate(args)
+        return cmd_bench(args)
+    except SpecplugError as exc:
+        print(f"specplug: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from specplug.plugins import load_registry
+
+    registry = load_registry()
+    rows = [{"name": e.name, "kind": e.kind, "plugin": e.plugin,
+             "distribution": {"name": e.distribution[0], "version": e.distribution[1]} if e.distribution else None}
+            for e in sorted(registry.entries.values(), key=lambda e: (e.kind, e.name))]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'kind':<9} {'name':<16} {'plugin':<32} distribution")
+    for r in rows:
+        dist = f"{r['distribution']['name']} {r['distribution']['version']}" if r["distribution"] else "?"
+        print(f"{r['kind']:<9} {r['name']:<16} {r['plugin']:<32} {dist}")
+    return 0
+
+
+def _check_sizes(args: argparse.Namespace) -> None:
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise SpecplugError(f"--max-new-tokens must be >= 1 (got {args.max_new_tokens})")
+    if getattr(args, "batch_size", 1) < 1:
+        raise SpecplugError(f"--batch-size must be >= 1 (got {args.batch_size})")
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from specplug.config import load_config
+    from specplug.llm import LLM
+    from specplug.prompts import read_prompts_file
+
+    _check_sizes(args)
+    config = load_config(args.config, args.overrides)
+    prompts = [args.prompt] if args.prompt is not None else read_prompts_file(args.prompts_file)
+    llm = LLM(config, max_batch_size=args.batch_size)
+    stream = None if args.json or args.batch_size > 1 else TextStream(llm.tokenizer, config.stop)
+    completions = llm.generate(prompts, args.max_new_tokens, on_step=stream)
+    for c in completions:
+        if args.json:
+            print(json.dumps({"index": c.index, "text": c.text, "token_ids": c.token_ids,
+                              "finish_reason": c.finish_reason, "stats": c.stats}), flush=True)
+            continue
+        if stream is None:
+            print(f"--- prompt {c.index}\n{c.text}")
+        print(summary_line(c.stats, c.finish_reason), file=sys.stderr)
+    return 0
+
+
+def summary_line(stats: dict, finish_reason: str) -> str:
+    return (f"[{stats['proposer']} k={stats['num_speculative_tokens']}] {stats['generated_tokens']} tokens "
+            f"in {stats['wall_time_s']:.2f} s ({stats['tokens_per_second']:.1f} tok/s), "
+            f"acceptance {stats['acceptance_rate']:.0%}, {stats['mean_accepted_per_step']:.2f} accepted/step, "
+            f"{stats['target_forwards']} target forwards, finish: {finish_reason}")
+
+
+class TextStream:
+    """Prints a single row's text as tokens are accepted, holding back what a stop string may cut."""
+
+    def __init__(self, tokenizer, stop: Sequence[str]):
+        self.tokenizer, self.printed = tokenizer, ""
+        self.hold = max((len(s) for s in stop), default=1) - 1
+
+    def __call__(self, output) -> None:
+        row = output.row
+        text = self.tokenizer.decode(row.token_ids[len(row.request.prompt_token_ids):], skip_special_tokens=True)
+        if output.finish_reason is not None:
+            if output.finish_reason == "stop":
+                text = row.stopper.cut(text)
+            ready = text
+        else:
+            ready = text[: len(text) - self.hold].rstrip("\ufffd")  # incomplete UTF-8 sequences
+        if len(ready) > len(self.printed):
+            sys.stdout.write(ready[len(self.printed):])
+            sys.stdout.flush()
+            self.printed = ready
+        if output.finish_reason is not None:
+            sys.stdout.write("\n")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from specplug.bench import format_table, run_bench
+    from specplug.config import load_config
+    from specplug.prompts import read_prompts_file
+
+    _check_sizes(args)
+    config = load_config(args.config, args.overrides)
+    result = run_bench(config, read_prompts_file(args.prompts_file), args.max_new_tokens,
+                       progress=None if args.json else sys.stderr)
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    return 0 if result["identical"] or not result["greedy"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
