@@ -33,7 +33,8 @@ def filter_logits(logits: torch.Tensor, sampling: Sequence[SamplingParams]) -> t
     if any(s.top_p < 1.0 for s in sampling):
         sorted_logits, order = torch.sort(logits, dim=-1)  # ascending
         cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        remove = cumulative <= 1 - _column([s.top_p for s in sampling], cumulative)
+        # 1 - top_p in float64, as HF does: 1 - float32(0.9) is 0.100000024 and cuts a token HF keeps
+        remove = cumulative <= _column([1 - s.top_p for s in sampling], cumulative)
         remove[..., -1] = False  # always keep the most likely token
         logits = logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
     return logits

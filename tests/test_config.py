@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from specplug.config import DEFAULTS, load_config
+from specplug.errors import ConfigError
+
+
+def test_defaults_file_and_overrides_in_order(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("num_speculative_tokens: 6\nproposer: {name: ngram, max_n: 5}\nsampling: {top_k: 3}\n")
+    config = load_config(path, ["sampling.temperature=0.7", "proposer.min_n=2"])
+    assert config.num_speculative_tokens == 6
+    assert config.proposer.name == "ngram" and config.proposer.options == {"max_n": 5, "min_n": 2}
+    assert config.sampling.temperature == 0.7 and config.sampling.top_k == 3
+    assert config.sampling.top_p == DEFAULTS["sampling"]["top_p"]
+    assert config.model == DEFAULTS["model"]
+
+
+def test_json_file_and_env_variable(tmp_path, monkeypatch):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"proposer": {"name": "none"}, "max_new_tokens": 9}))
+    monkeypatch.setenv("SPECPLUG_CONFIG", str(path))
+    config = load_config()
+    assert config.proposer.name == "none" and config.max_new_tokens == 9
+
+
+def test_switching_proposer_drops_the_previous_ones_options(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("proposer: {name: ngram, max_n: 5}\n")
+    assert load_config(path, ["proposer.name=none"]).proposer.options == {}
+    assert load_config(path, ["proposer=none"]).proposer.name == "none"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("num_speculative_tokens=0", "num_speculative_tokens must be an integer from 1 to 64"),
+    ("num_speculative_tokens=65", "from 1 to 64"),
+    ("num_speculative_tokens=2.5", "from 1 to 64"),
+    ("num_speculative_token=3", "did you mean 'num_speculative_tokens'"),
+    ("sampling.temprature=1", "did you mean 'temperature'"),
+    ("sampling.temperature=-1", "temperature must be a number >= 0"),
+    ("sampling.top_p=0", "top_p must be in (0, 1]"),
+    ("sampling.top_k=-2", "top_k must be an integer >= 0"),
+    ("max_new_tokens=0", "max_new_tokens must be an integer >= 1"),
+    ("proposer.name=", "'proposer' needs a name"),
+    ("stop=3", "stop must be a string or a list of strings"),
+])
+def test_bad_values_name_the_key_and_the_fix(override, message):
+    with pytest.raises(ConfigError, match=None) as info:
+        load_config(None, [override])
+    assert message in str(info.value)
+
+
+def test_bad_override_syntax_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="--set expects key=value"):
+        load_config(None, ["proposer.name"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("proposer: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_shipped_configs_are_valid():
+    from pathlib import Path
+
+    configs = sorted(Path(__file__).parent.parent.glob("configs/*.yaml"))
+    assert {p.stem for p in configs} >= {"ngram", "none"}
+    for path in configs:
+        assert load_config(path).proposer.name == path.stem
