@@ -1,0 +1,145 @@
+"""A separately installed package (docs/examples/specplug-phrases) shows up and runs, via entry points.
+
+The example is installed with pip into a temporary directory, never into the project's venv; the CLI
+then runs in subprocesses with that directory on PYTHONPATH, so entry-point discovery is the real one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow  # the generate tests load the model
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "docs" / "examples" / "specplug-phrases"
+BUILTIN_PROPOSERS = {"ngram", "none"}
+BUILTIN_VERIFIERS = {"greedy", "rejection"}
+PROMPT = "Once upon a time"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """A directory holding the installed example package (specplug-phrases 0.1.0)."""
+    base = tmp_path_factory.mktemp("third-party")
+    source = base / "src"  # build from a copy: pip's in-tree build leaves nothing in the repository
+    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    target = base / "site"
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+         "--disable-pip-version-check", "--target", str(target), str(source)],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return target
+
+
+@pytest.fixture(scope="module")
+def broken_site(tmp_path_factory) -> Path:
+    """A directory with a fake installed distribution whose entry point names a missing module."""
+    target = tmp_path_factory.mktemp("broken")
+    dist_info = target / "brokenplug-0.1.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenplug\nVersion: 0.1\n")
+    (dist_info / "entry_points.txt").write_text("[specplug]\nbroken = brokenplug_missing_module\n")
+    return target
+
+
+def specplug(*args: str, path: list[Path], **env: str) -> subprocess.CompletedProcess:
+    """Run ``python -m specplug.cli ARGS`` with ``path`` prepended to PYTHONPATH."""
+    environ = {k: v for k, v in os.environ.items()
+               if k not in ("SPECPLUG_DISABLE_PLUGIN_AUTOLOAD", "SPECPLUG_BLOCK_PLUGINS", "SPECPLUG_TRACE_HOOKS",
+                            "SPECPLUG_CONFIG")}
+    environ["PYTHONPATH"] = os.pathsep.join([*map(str, path), *filter(None, [environ.get("PYTHONPATH")])])
+    environ.update(env)
+    return subprocess.run([sys.executable, "-m", "specplug.cli", *args], capture_output=True, text=True,
+                          env=environ, cwd=ROOT, timeout=600)
+
+
+def plugin_rows(result: subprocess.CompletedProcess) -> dict[tuple[str, str], dict]:
+    assert result.returncode == 0, result.stderr
+    return {(row["kind"], row["name"]): row for row in json.loads(result.stdout)}
+
+
+def generate(site: Path, *overrides: str) -> dict:
+    sets = [arg for item in overrides for arg in ("--set", item)]
+    result = specplug("generate", "--json", *sets, "--prompt", PROMPT, "--max-new-tokens", "24", path=[site])
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_installed_plugin_is_listed_with_its_distribution(site):
+    rows = plugin_rows(specplug("plugins", "--json", path=[site]))
+    assert rows[("proposer", "phrases")] == {
+        "name": "phrases", "kind": "proposer", "plugin": "phrases",
+        "distribution": {"name": "specplug-phrases", "version": "0.1.0"},
+    }
+    assert {name for kind, name in rows if kind == "proposer"} == BUILTIN_PROPOSERS | {"phrases"}
+
+
+def test_autoload_can_be_disabled(site):
+    rows = plugin_rows(specplug("plugins", "--json", path=[site], SPECPLUG_DISABLE_PLUGIN_AUTOLOAD="1"))
+    assert ("proposer", "phrases") not in rows
+    assert {name for kind, name in rows if kind == "proposer"} == BUILTIN_PROPOSERS
+
+
+def test_plugin_can_be_blocked(site):
+    rows = plugin_rows(specplug("plugins", "--json", path=[site], SPECPLUG_BLOCK_PLUGINS="phrases"))
+    assert ("proposer", "phrases") not in rows
+    assert {name for kind, name in rows if kind == "proposer"} == BUILTIN_PROPOSERS
+
+
+def test_unknown_option_is_rejected_with_the_accepted_ones(site):
+    result = specplug("generate", "--set", "proposer.name=phrases", "--set", "proposer.min_n=2",
+                      "--prompt", PROMPT, path=[site])
+    assert result.returncode == 2
+    assert "proposer 'phrases' has no option 'min_n'" in result.stderr
+    assert "phrases, min_match" in result.stderr
+
+
+def test_generate_with_plugin_is_lossless_and_drafts(site):
+    plain = generate(site, "proposer.name=none")
+    assert plain["stats"]["draft_tokens"] == 0
+    # A phrase the model does go on to write: the text of generated tokens 2..19 (the proposer
+    # tokenizes it again). Once the output reaches its first tokens, the rest of it is drafted.
+    ids = plain["token_ids"]
+    assert len(ids) == 24, plain
+    phrase = decode(ids[2:20])
+    assert phrase.strip(), ids
+    spec = generate(site, "proposer.name=phrases", "proposer.phrases=" + json.dumps([phrase]))
+    assert spec["token_ids"] == plain["token_ids"]  # greedy verification is lossless
+    assert spec["text"] == plain["text"]
+    stats = spec["stats"]
+    assert stats["proposer"] == "phrases"
+    assert stats["draft_tokens"] > 0
+    assert stats["accepted_tokens"] > 0
+    assert stats["target_forwards"] < plain["stats"]["target_forwards"]
+
+
+def decode(token_ids: list[int]) -> str:
+    """Text of ``token_ids`` with the default model's tokenizer (loaded without the model weights)."""
+    from transformers import AutoTokenizer
+
+    from specplug.config import DEFAULTS
+    from specplug.engine.loader import resolve_model
+
+    return AutoTokenizer.from_pretrained(resolve_model(DEFAULTS["model"])).decode(token_ids)
+
+
+def test_broken_plugin_warns_once_and_the_rest_still_load(site, broken_site):
+    result = specplug("plugins", path=[broken_site, site])
+    assert result.returncode == 0, result.stderr
+    listed = {tuple(line.split()[:2]) for line in result.stdout.splitlines()[1:]}
+    expected = {("proposer", n) for n in BUILTIN_PROPOSERS | {"phrases"}}
+    expected |= {("verifier", n) for n in BUILTIN_VERIFIERS}
+    assert listed == expected
+    warnings = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(warnings) == 1, result.stderr
+    assert warnings[0].startswith("specplug: warning: plugin 'broken'")
+    assert "brokenplug 0.1" in warnings[0] and "SPECPLUG_BLOCK_PLUGINS=broken" in warnings[0]
