@@ -67,10 +67,17 @@ class LLM:
                              config.num_speculative_tokens, self.max_batch_size, config.max_model_len,
                              config.seed, self.eos_token_ids)
 
-    def with_proposer(self, name: str, **options: Any) -> "LLM":
-        """Another LLM on the same loaded weights, drafting with proposer ``name``."""
+    def variant(self, proposer: str | None = None, num_speculative_tokens: int | None = None,
+                max_batch_size: int | None = None, **proposer_options: Any) -> "LLM":
+        """Another LLM on the same loaded weights with a different proposer, k or batch size."""
         other = copy.copy(self)
-        other.config = dataclasses.replace(self.config, proposer=PluginChoice(name, options))
+        changes: dict[str, Any] = {}
+        if proposer is not None:
+            changes["proposer"] = PluginChoice(proposer, proposer_options)
+        if num_speculative_tokens is not None:
+            changes["num_speculative_tokens"] = num_speculative_tokens
+        other.config = dataclasses.replace(self.config, **changes)
+        other.max_batch_size = max_batch_size or self.max_batch_size
         other._build_engine()
         return other
 

@@ -6,8 +6,10 @@ import random
 
 import pytest
 
+from specplug.engine.engine import Engine, Request
 from specplug.metadata import Draft
 from specplug.proposers.base import Proposer
+from specplug.verifiers.rejection import RejectionSampler
 from tests.prompts import GROUNDED, OPEN_ENDED
 
 pytestmark = pytest.mark.slow
@@ -31,8 +33,7 @@ def test_plain_engine_matches_hf_generate(llm, hf_model, reference, assert_same_
 
 @pytest.mark.parametrize("k", [1, 4, 8])
 def test_ngram_equals_plain_batch_1(llm, reference, assert_same_greedy, k):
-    ngram = llm.with_proposer("ngram", min_n=1, max_n=3)
-    ngram.engine.k = k
+    ngram = llm.variant("ngram", num_speculative_tokens=k, min_n=1, max_n=3)
     drafted = accepted = 0
     for ids, plain in zip(*reference):
         completion = ngram.generate_ids([ids], MAX_NEW)[0]
@@ -45,7 +46,7 @@ def test_ngram_equals_plain_batch_1(llm, reference, assert_same_greedy, k):
 def test_ngram_equals_plain_batch_4_rows_of_different_lengths(llm, reference, assert_same_greedy):
     prompts, outputs = reference
     assert len({len(p) for p in prompts}) == len(prompts)
-    batch = llm.with_proposer("ngram").generate_ids(prompts, MAX_NEW)
+    batch = llm.variant("ngram").generate_ids(prompts, MAX_NEW)
     for ids, plain, completion in zip(prompts, outputs, batch):
         assert_same_greedy(ids, plain, completion.token_ids, "ngram batch 4")
 
@@ -69,43 +70,39 @@ class NoisyOracle(Proposer):
         return drafts
 
 
+class RecordingVerifier(RejectionSampler):
+    def __init__(self):
+        self.accepted_lengths = set()
+
+    def verify(self, batch):
+        result = super().verify(batch)
+        self.accepted_lengths.update(result.num_accepted.tolist())
+        return result
+
+
 @pytest.mark.parametrize("error_rate", [0.15, 1.0])
 def test_partial_acceptance_and_rollback_stay_exact(llm, reference, assert_same_greedy, error_rate):
     """Every accepted length 0..k occurs, in rows of one batch that accept different amounts."""
     prompts, outputs = reference
-    spec = llm.with_proposer("none")
-    spec.engine.proposer = NoisyOracle(outputs, error_rate, llm.model.shape.vocab_size)
-    spec.engine.k = 6
-    accepted_lengths = set()
-    original = spec.engine.verifier.verify
-
-    def recording_verify(batch):
-        result = original(batch)
-        accepted_lengths.update(result.num_accepted.tolist())
-        return result
-
-    spec.engine.verifier.verify = recording_verify
-    try:
-        completions = spec.generate_ids(prompts, MAX_NEW)
-    finally:
-        del spec.engine.verifier.verify
-    for ids, plain, completion in zip(prompts, outputs, completions):
-        assert_same_greedy(ids, plain, completion.token_ids, f"noisy oracle {error_rate}")
+    verifier = RecordingVerifier()
+    engine = Engine(llm.model, llm.tokenizer, NoisyOracle(outputs, error_rate, llm.model.shape.vocab_size),
+                    verifier, num_speculative_tokens=6, max_batch_size=4, eos_token_ids=llm.eos_token_ids)
+    results = {out.request_id: out.row.token_ids[len(out.row.request.prompt_token_ids):]
+               for out in engine.run([Request(i, p, MAX_NEW) for i, p in enumerate(prompts)])
+               if out.finish_reason}
+    for i, (ids, plain) in enumerate(zip(prompts, outputs)):
+        assert_same_greedy(ids, plain, results[i], f"noisy oracle {error_rate}")
     if error_rate == 1.0:
-        assert accepted_lengths == {0}
+        assert verifier.accepted_lengths == {0}
     else:
-        assert {0, 1, 6} <= accepted_lengths
+        assert {0, 1, 6} <= verifier.accepted_lengths
 
 
 def test_rows_join_and_leave_between_steps(llm, reference, assert_same_greedy):
     """Six requests through two slots, with different lengths: rows finish and new ones take their slot."""
     prompts, outputs = reference
-    spec = llm.with_proposer("ngram")
-    spec.max_batch_size = 2
-    spec._build_engine()
+    spec = llm.variant("ngram", max_batch_size=2)
     lengths = [MAX_NEW, 7, 30, 12]
-    from specplug.engine.engine import Request
-
     requests = [Request(i, p, n, spec.config.sampling) for i, (p, n) in enumerate(zip(prompts, lengths))]
     busy_slots = []
     results = {}

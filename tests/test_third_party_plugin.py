@@ -103,7 +103,7 @@ def test_unknown_option_is_rejected_with_the_accepted_ones(site):
     assert "phrases, min_match" in result.stderr
 
 
-def test_generate_with_plugin_is_lossless_and_drafts(site):
+def test_generate_with_plugin_is_lossless_and_drafts(site, request):
     plain = generate(site, "proposer.name=none")
     assert plain["stats"]["draft_tokens"] == 0
     # A phrase the model does go on to write: the text of generated tokens 2..19 (the proposer
@@ -113,8 +113,9 @@ def test_generate_with_plugin_is_lossless_and_drafts(site):
     phrase = decode(ids[2:20])
     assert phrase.strip(), ids
     spec = generate(site, "proposer.name=phrases", "proposer.phrases=" + json.dumps([phrase]))
-    assert spec["token_ids"] == plain["token_ids"]  # greedy verification is lossless
-    assert spec["text"] == plain["text"]
+    if spec["token_ids"] != plain["token_ids"]:  # greedy verification is lossless, up to a genuine near tie
+        check = request.getfixturevalue("assert_same_greedy")
+        check(tokenizer().encode(PROMPT), plain["token_ids"], spec["token_ids"], "phrases vs none")
     stats = spec["stats"]
     assert stats["proposer"] == "phrases"
     assert stats["draft_tokens"] > 0
@@ -122,14 +123,18 @@ def test_generate_with_plugin_is_lossless_and_drafts(site):
     assert stats["target_forwards"] < plain["stats"]["target_forwards"]
 
 
-def decode(token_ids: list[int]) -> str:
-    """Text of ``token_ids`` with the default model's tokenizer (loaded without the model weights)."""
+def tokenizer():
+    """The default model's tokenizer (loaded without the model weights)."""
     from transformers import AutoTokenizer
 
     from specplug.config import DEFAULTS
     from specplug.engine.loader import resolve_model
 
-    return AutoTokenizer.from_pretrained(resolve_model(DEFAULTS["model"])).decode(token_ids)
+    return AutoTokenizer.from_pretrained(resolve_model(DEFAULTS["model"]))
+
+
+def decode(token_ids: list[int]) -> str:
+    return tokenizer().decode(token_ids)
 
 
 def test_broken_plugin_warns_once_and_the_rest_still_load(site, broken_site):
@@ -143,3 +148,10 @@ def test_broken_plugin_warns_once_and_the_rest_still_load(site, broken_site):
     assert len(warnings) == 1, result.stderr
     assert warnings[0].startswith("specplug: warning: plugin 'broken'")
     assert "brokenplug 0.1" in warnings[0] and "SPECPLUG_BLOCK_PLUGINS=broken" in warnings[0]
+
+
+def test_the_guide_shows_the_example_as_it_is():
+    guide = (ROOT / "docs" / "writing-a-proposer.md").read_text()
+    for path in ("pyproject.toml", "specplug_phrases/__init__.py"):
+        source = (EXAMPLE / path).read_text()
+        assert source in guide, f"docs/writing-a-proposer.md no longer shows {path} as it is; copy it in again"

@@ -99,14 +99,19 @@ def _pvalue(tokens: torch.Tensor, probs: torch.Tensor) -> float:
 
 
 def assert_follows(tokens: torch.Tensor, probs: torch.Tensor) -> None:
+    assert len(tokens) >= 2000, f"only {len(tokens)} samples: the test would have no power"
     pvalue = _pvalue(tokens, probs)
     counts = torch.bincount(tokens, minlength=probs.shape[0])
     assert pvalue > ALPHA, f"p={pvalue:.2e} counts={counts.tolist()} expected∝{probs.tolist()}"
 
 
-def _sampled_drafts(k: int, params: SamplingParams, n: int = N, seed: int = 1):
-    """Drafts drawn from a draft distribution q (different logits, same filters): (drafts, q [n, K, V])."""
+def _sampled_drafts(k: int, params: SamplingParams, n: int = N, seed: int = 1, near=None):
+    """Drafts drawn from q (other logits, same filters; half-mixed with `near` [K, V] if given).
+
+    Returns (drafts [n, K], q expanded to [n, K, V]).
+    """
     q = _probs(_logits(seed + 100, k), params)
+    q = q if near is None else 0.5 * near + 0.5 * q
     return _draw(q, n, seed), q.expand(n, -1, -1)
 
 
@@ -147,11 +152,13 @@ def test_first_token_is_target_distributed_with_deterministic_draft(name, rank):
 @pytest.mark.parametrize("name", ["plain", "combined"])
 def test_later_tokens_are_target_distributed_given_acceptance(name, deterministic):
     """Emitted token j (when the row emits it) follows p_j, also conditioned on the first token."""
-    params, k, n = PARAMS[name], 3, 60_000
+    params, n = PARAMS[name], 60_000
+    k = 2 if deterministic else 3  # one-hot drafts are accepted less often: keep enough rows at k
     logits = _logits(5, k + 1)
-    drafts, q = _sampled_drafts(k, params, n, seed=6)
+    p = _probs(logits, params)
+    drafts, q = _sampled_drafts(k, params, n, seed=6, near=p[:k])  # q near p: rows get far enough
     out = _verify(logits, drafts, None if deterministic else q, params, seed=7)
-    p, tokens = _probs(logits, params), out.output_token_ids
+    tokens = out.output_token_ids
     for j in range(k + 1):
         assert_follows(tokens[out.num_accepted >= j, j], p[j])
     emits_two = out.num_accepted >= 1
@@ -165,11 +172,13 @@ def test_bonus_token_after_all_accepted(deterministic):
     params, k, n = PARAMS["combined"], 2, 60_000
     logits = _logits(8, k + 1)
     p = _probs(logits, params)
-    q = 0.7 * p[:k] + 0.3 * _probs(_logits(9, k), params)  # close to p: most rows accept everything
     num_draft = torch.arange(n) % 2 + 1
-    drafts = p[:k].argmax(-1).expand(n, -1) if deterministic else _draw(q, n, seed=10)
-    drafts = drafts.masked_fill(torch.arange(k)[None] >= num_draft[:, None], 0)
-    draft_probs = None if deterministic else q.expand(n, -1, -1) * (num_draft[:, None, None] > torch.arange(k)[None, :, None])
+    valid = torch.arange(k)[None] < num_draft[:, None]
+    drafts, q = _sampled_drafts(k, params, n, seed=10, near=p[:k])
+    if deterministic:
+        drafts, q = p[:k].argmax(-1).expand(n, -1), None
+    drafts = drafts.masked_fill(~valid, 0)
+    draft_probs = None if deterministic else q * valid[..., None]
     out = _verify(logits, drafts, draft_probs, params, seed=11, num_draft=num_draft)
     for m in (1, 2):
         full = (num_draft == m) & (out.num_accepted == m)
