@@ -66,8 +66,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
     path = path or os.environ.get("SPECPLUG_CONFIG") or None
     if path is not None:
         _merge(data, read_config_file(Path(path)))
-    for item in overrides:
-        key, value = parse_override(item)
+    parsed = [parse_override(item) for item in overrides]
+    # a proposer switch first, so that options set beside it are not dropped with the old proposer's
+    for key, value in sorted(parsed, key=lambda kv: kv[0] not in ("proposer", "proposer.name")):
         _set_dotted(data, key, value)
     return validate(data, source=str(path) if path else "defaults")
 

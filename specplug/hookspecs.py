@@ -25,7 +25,8 @@ def register_proposers(register: "Registrar") -> None:
     Call ``register.proposer(name, factory)`` once per proposer. ``factory(context, **options)`` must
     return an object implementing ``specplug.Proposer``; ``context`` is a ``ProposerContext`` and
     ``options`` are the keys under ``proposer:`` in the config (other than ``name``). The factory's
-    keyword parameters are the options it accepts: unknown keys are rejected before it is called.
+    keyword-only parameters (declared after ``*``) are the options it accepts: unknown keys are
+    rejected before it is called.
 
     Returns nothing; the registrar records what was registered and which plugin registered it.
     """

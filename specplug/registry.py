@@ -75,6 +75,9 @@ class Registrar:
         self._plugin = plugin
         self._distribution = distribution
 
+    def __repr__(self) -> str:
+        return f"Registrar(plugin={self._plugin!r})"
+
     def proposer(self, name: str, factory: Callable[..., Any]) -> None:
         """Register a proposer factory: ``factory(context, **options) -> Proposer``."""
         self._add("proposer", name, factory)

@@ -71,3 +71,9 @@ def test_shipped_configs_are_valid():
     assert {p.stem for p in configs} >= {"ngram", "none"}
     for path in configs:
         assert load_config(path).proposer.name == path.stem
+
+
+def test_proposer_switch_keeps_options_given_beside_it_in_any_order():
+    for overrides in (["proposer.max_n=7", "proposer.name=other"], ["proposer.name=other", "proposer.max_n=7"]):
+        assert load_config(None, overrides).proposer == load_config(None, overrides[::-1]).proposer
+        assert load_config(None, overrides).proposer.options == {"max_n": 7}

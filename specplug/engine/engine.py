@@ -183,12 +183,12 @@ class Engine:
             if not prefill:
                 self.cache.lengths[row.slot] += 1 + accepted  # last token + accepted drafts
                 row.stats.verify_steps += 1
-            row.stats.target_forwards += 1
-            row.stats.draft_tokens += len(draft.token_ids)
-            row.stats.accepted_tokens += accepted
             outcomes.append(VerifyOutcome(row.request.request_id, len(draft.token_ids), accepted,
                                           tuple(emitted)))
             outputs.append(self._extend(row, emitted))
+            row.stats.target_forwards += 1
+            row.stats.draft_tokens += len(draft.token_ids)
+            row.stats.accepted_tokens += min(accepted, len(outputs[-1].new_token_ids))  # cut at a stop
         self.proposer.on_verified(outcomes)
         return outputs
 
