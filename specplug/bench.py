@@ -6,6 +6,7 @@ after a short warm-up of each. Greedy outputs are compared token for token.
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from datetime import date
@@ -93,6 +94,16 @@ def run_bench(config: Config, prompts: list[Prompt], max_new_tokens: int | None 
     return _summarise(config, totals, per_prompt, greedy, max_new)
 
 
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
 def _engine_run(llm: LLM, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], dict[str, Any]]:
     completion = llm.generate_ids([prompt_ids], max_new_tokens)[0]
     return completion.token_ids, completion.stats
@@ -112,7 +123,7 @@ def _summarise(config: Config, totals: dict, per_prompt: list, greedy: bool, max
     unexplained = [m for p in per_prompt for m in p["mismatches"].values() if not m["near_tie"]]
     return {
         "date": date.today().isoformat(),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {platform.processor() or 'cpu'}",
+        "machine": machine_description(),
         "torch": torch.__version__, "model": config.model, "dtype": config.dtype,
         "proposer": config.proposer.name, "proposer_options": config.proposer.options,
         "num_speculative_tokens": config.num_speculative_tokens, "max_new_tokens": max_new,

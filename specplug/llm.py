@@ -15,7 +15,7 @@ from specplug.config import Config, PluginChoice, load_config
 from specplug.engine.engine import Engine, Request, Row, StepOutput
 from specplug.engine.loader import load_hf_model, load_tokenizer, parse_device, parse_dtype, resolve_model
 from specplug.engine.model import CompactLlama
-from specplug.metadata import ProposerContext
+from specplug.metadata import ProposerContext, SamplingParams
 from specplug.plugins import load_registry
 from specplug.prompts import Prompt, encode_prompt
 from specplug.registry import Registry
@@ -68,10 +68,11 @@ class LLM:
                              config.seed, self.eos_token_ids)
 
     def variant(self, proposer: str | None = None, num_speculative_tokens: int | None = None,
-                max_batch_size: int | None = None, **proposer_options: Any) -> "LLM":
-        """Another LLM on the same loaded weights with a different proposer, k or batch size."""
+                max_batch_size: int | None = None, sampling: SamplingParams | None = None,
+                **proposer_options: Any) -> "LLM":
+        """Another LLM on the same loaded weights with a different proposer, k, batch size or sampling."""
         other = copy.copy(self)
-        changes: dict[str, Any] = {}
+        changes: dict[str, Any] = {"sampling": sampling} if sampling is not None else {}
         if proposer is not None:
             changes["proposer"] = PluginChoice(proposer, proposer_options)
         if num_speculative_tokens is not None:

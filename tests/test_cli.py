@@ -49,7 +49,7 @@ def test_generate_json_batch_in_input_order(prompts_file):
 def test_generate_streams_text_and_prints_a_summary():
     result = specplug("generate", "--prompt", "Monday, Tuesday, Wednesday,", "--max-new-tokens", "8")
     assert result.stdout.strip()
-    assert "[ngram k=4] 8 tokens" in result.stderr and "finish: length" in result.stderr
+    assert "[ngram k=3] 8 tokens" in result.stderr and "finish: length" in result.stderr
 
 
 def test_stop_string_cuts_text():
