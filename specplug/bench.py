@@ -83,7 +83,7 @@ def run_bench(config: Config, prompts: list[Prompt], max_new_tokens: int | None 
             if stats:
                 total["draft_tokens"] += stats["draft_tokens"]
                 total["accepted_tokens"] += stats["accepted_tokens"]
-                total["steps"] += stats["target_forwards"] - 1
+                total["steps"] += stats["verify_steps"]
         mismatches = {name: first_mismatch(hf_model, ids, outputs["plain"], out)
                       for name, out in outputs.items() if name != "plain"} if greedy else {}
         per_prompt.append({"index": index, "prompt_tokens": len(ids),
@@ -102,6 +102,21 @@ def machine_description() -> str:
     except (OSError, StopIteration):
         pass
     return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def measure(llm: LLM, prompts: list[list[int]], max_new_tokens: int) -> dict[str, float]:
+    """Run each prompt alone through ``llm``: tokens/s over all of them, and acceptance figures."""
+    tokens = drafted = accepted = steps = 0
+    seconds = 0.0
+    for ids in prompts:
+        start = time.perf_counter()
+        out, stats = _engine_run(llm, ids, max_new_tokens)
+        seconds += time.perf_counter() - start
+        tokens += len(out)
+        drafted, accepted = drafted + stats["draft_tokens"], accepted + stats["accepted_tokens"]
+        steps += stats["verify_steps"]
+    return {"tokens_per_second": tokens / seconds, "acceptance_rate": accepted / drafted if drafted else 0.0,
+            "mean_accepted_per_step": accepted / steps if steps else 0.0}
 
 
 def _engine_run(llm: LLM, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], dict[str, Any]]:

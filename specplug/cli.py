@@ -1,4 +1,4 @@
-"""The ``specplug`` command: generate, plugins, bench."""
+"""The ``specplug`` command: generate, plugins, bench, make-draft, tune."""
 
 from __future__ import annotations
 
@@ -40,6 +40,30 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(bench)
     bench.add_argument("--prompts-file", required=True)
     bench.add_argument("--json", action="store_true")
+
+    draft = sub.add_parser("make-draft", help="build a draft model from a subset of the target's layers, "
+                                              "distilled on text the target generates")
+    draft.add_argument("--config", help="YAML/JSON config file; its `model` is the target")
+    draft.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key (dotted); repeatable")
+    draft.add_argument("--num-layers", type=int, help="target layers to keep, spread evenly (default 6)")
+    draft.add_argument("--layers", help="exact target layers to keep, e.g. 0,4,8 (instead of --num-layers)")
+    draft.add_argument("--distill-steps", type=int, help="distillation steps of 4 sequences (default 120; "
+                                                         "0: the layer subset only)")
+    draft.add_argument("--gen-tokens", type=int, help="tokens the target generates per prompt (default 128)")
+    draft.add_argument("--prompts-file", help="JSONL prompts to generate the training text from "
+                                              "(default: a built-in set of 24)")
+    draft.add_argument("--out", help="output HF directory (default: proposer.model of a draft_model config)")
+
+    tune = sub.add_parser("tune", help="choose a proposer's settings by Bayesian optimisation on measured tok/s")
+    tune.add_argument("proposer", choices=["layerskip"], help="what to tune (the layerskip skip set)")
+    add_config_args(tune)
+    tune.add_argument("--prompts-file", required=True, help="calibration prompts (JSONL)")
+    tune.add_argument("--trials", type=int, default=40, help="Optuna trials, resumed ones included (default 40)")
+    tune.add_argument("--out", required=True, help="the tuned config file to write")
+    tune.add_argument("--max-skip-ratio", type=float, default=1.0,
+                      help="largest share of sub-layers a skip set may skip (default 1: no limit)")
+    tune.add_argument("--study", help="Optuna study database (default: OUT with suffix .study.db); resumes")
     return parser
 
 
@@ -51,6 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_plugins(args)
         if args.command == "generate":
             return cmd_generate(args)
+        if args.command == "make-draft":
+            return cmd_make_draft(args)
+        if args.command == "tune":
+            return cmd_tune(args)
         return cmd_bench(args)
     except SpecplugError as exc:
         print(f"specplug: error: {exc}", file=sys.stderr)
@@ -147,6 +175,49 @@ def cmd_bench(args: argparse.Namespace) -> int:
                        progress=None if args.json else sys.stderr)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0 if result["identical"] or not result["greedy"] else 1
+
+
+def cmd_make_draft(args: argparse.Namespace) -> int:
+    from specplug import distill
+    from specplug.config import load_config
+    from specplug.prompts import read_prompts_file
+
+    config = load_config(args.config, args.overrides)
+    out = args.out
+    if out is None:
+        if config.proposer.name != "draft_model" or not config.proposer.options.get("model"):
+            raise SpecplugError(f"--out is needed: the config's proposer is '{config.proposer.name}', not "
+                                "draft_model with a proposer.model path to write to")
+        out = config.proposer.options["model"]
+    info = distill.make_draft(
+        config, out, layers=None if args.layers is None else distill.parse_layers(args.layers),
+        num_layers=args.num_layers,
+        steps=distill.DEFAULT_DISTILL_STEPS if args.distill_steps is None else args.distill_steps,
+        gen_tokens=distill.DEFAULT_GEN_TOKENS if args.gen_tokens is None else args.gen_tokens,
+        prompts=read_prompts_file(args.prompts_file) if args.prompts_file else None)
+    loss = ("" if info["final_loss"] is None
+            else f", training KL {info['initial_loss']:.3f} -> {info['final_loss']:.3f}")
+    print(f"draft with target layers {info['layers']} written to {out} "
+          f"({info['distill_steps']} distillation steps{loss})")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from specplug.config import load_config
+    from specplug.prompts import read_prompts_file
+    from specplug.tune import tune_layerskip
+
+    _check_sizes(args)
+    result = tune_layerskip(load_config(args.config, args.overrides), read_prompts_file(args.prompts_file),
+                            args.trials, Path(args.out), max_skip_ratio=args.max_skip_ratio,
+                            max_new_tokens=args.max_new_tokens or 48,
+                            study_path=Path(args.study) if args.study else None)
+    print(f"tuned layerskip: skip attention {result['skip_attention']}, skip MLP {result['skip_mlp']} "
+          f"({result['skipped_fraction']:.0%} of sub-layers): {result['tokens_per_second']} tok/s vs plain "
+          f"{result['plain_tokens_per_second']} tok/s, acceptance {result['acceptance_rate']}; wrote {result['out']}")
+    return 0
 
 
 if __name__ == "__main__":

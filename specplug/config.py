@@ -24,6 +24,7 @@ DEFAULTS: dict[str, Any] = {
     "dtype": "float32",
     "device": "cpu",  # cpu, cuda, cuda:N, auto
     "num_speculative_tokens": 3,  # k, as in vLLM (3: a 4-token verify costs about one step on CPU)
+    "adaptive_k": False,  # per-row draft length from recent acceptance (k is then the upper bound)
     "proposer": {"name": "ngram"},
     "verifier": {"name": "rejection"},
     "sampling": {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0},
@@ -46,6 +47,7 @@ class Config:
     dtype: str
     device: str
     num_speculative_tokens: int
+    adaptive_k: bool
     proposer: PluginChoice
     verifier: PluginChoice
     sampling: SamplingParams
@@ -58,6 +60,21 @@ class Config:
     @property
     def seed(self) -> int | None:
         return self.sampling.seed
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """The mapping a config file holds for ``config`` (load_config of it gives ``config`` back)."""
+    sampling = config.sampling
+    return {
+        "model": config.model, "dtype": config.dtype, "device": config.device,
+        "num_speculative_tokens": config.num_speculative_tokens, "adaptive_k": config.adaptive_k,
+        "proposer": {"name": config.proposer.name, **config.proposer.options},
+        "verifier": {"name": config.verifier.name, **config.verifier.options},
+        "sampling": {"temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p,
+                     "seed": sampling.seed},
+        "max_model_len": config.max_model_len, "max_new_tokens": config.max_new_tokens,
+        "stop": list(config.stop), "threads": config.threads,
+    }
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -163,6 +180,8 @@ def validate(data: dict[str, Any], source: str = "defaults") -> Config:
              f"sampling.seed must be an integer or null (got {sampling['seed']!r})")
     for key in ("max_model_len", "max_new_tokens"):
         _require(_integer(data[key]) and data[key] >= 1, f"{key} must be an integer >= 1 (got {data[key]!r})")
+    _require(isinstance(data["adaptive_k"], bool),
+             f"adaptive_k must be true or false (got {data['adaptive_k']!r})")
     _require(data["threads"] is None or (_integer(data["threads"]) and data["threads"] >= 1),
              f"threads must be an integer >= 1 or null (got {data['threads']!r})")
     stop = data["stop"]
@@ -173,6 +192,7 @@ def validate(data: dict[str, Any], source: str = "defaults") -> Config:
         _require(isinstance(data[key], str) and data[key], f"{key} must be a non-empty string")
     return Config(
         model=data["model"], dtype=data["dtype"], device=data["device"], num_speculative_tokens=k,
+        adaptive_k=data["adaptive_k"],
         proposer=_choice(data, "proposer"), verifier=_choice(data, "verifier"),
         sampling=SamplingParams(float(temperature), sampling["top_k"], float(top_p), sampling["seed"]),
         max_model_len=data["max_model_len"], max_new_tokens=data["max_new_tokens"], stop=tuple(stop),

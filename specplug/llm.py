@@ -59,20 +59,23 @@ class LLM:
     def _build_engine(self) -> None:
         config = self.config
         context = ProposerContext(config.num_speculative_tokens, self.model.shape.vocab_size,
-                                  self.model.device, self.tokenizer, self.model)
+                                  self.model.device, self.max_batch_size, config.max_model_len,
+                                  self.tokenizer, self.model)
         self.proposer = self.registry.create("proposer", config.proposer.name, context,
                                              options=config.proposer.options)
         self.verifier = self.registry.create("verifier", config.verifier.name, options=config.verifier.options)
         self.engine = Engine(self.model, self.tokenizer, self.proposer, self.verifier,
                              config.num_speculative_tokens, self.max_batch_size, config.max_model_len,
-                             config.seed, self.eos_token_ids)
+                             config.seed, self.eos_token_ids, config.adaptive_k)
 
     def variant(self, proposer: str | None = None, num_speculative_tokens: int | None = None,
                 max_batch_size: int | None = None, sampling: SamplingParams | None = None,
+                adaptive_k: bool | None = None, max_model_len: int | None = None,
                 **proposer_options: Any) -> "LLM":
-        """Another LLM on the same loaded weights with a different proposer, k, batch size or sampling."""
+        """Another LLM on the same weights: another proposer, k, batch size, sampling, adaptive_k or context."""
         other = copy.copy(self)
-        changes: dict[str, Any] = {"sampling": sampling} if sampling is not None else {}
+        changes: dict[str, Any] = {key: value for key, value in (
+            ("sampling", sampling), ("adaptive_k", adaptive_k), ("max_model_len", max_model_len)) if value is not None}
         if proposer is not None:
             changes["proposer"] = PluginChoice(proposer, proposer_options)
         if num_speculative_tokens is not None:
@@ -123,6 +126,7 @@ class LLM:
             "accepted_tokens": s.accepted_tokens,
             "acceptance_rate": s.accepted_tokens / s.draft_tokens if s.draft_tokens else 0.0,
             "mean_accepted_per_step": s.accepted_tokens / s.verify_steps if s.verify_steps else 0.0,
+            "verify_steps": s.verify_steps,
             "wall_time_s": wall,
             "tokens_per_second": generated / wall,
         }

@@ -82,5 +82,7 @@ class ProposerContext:
     num_speculative_tokens: int  # k: the most tokens a row may be asked for
     vocab_size: int
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    max_batch_size: int = 1  # rows the engine may run at once (size per-row state by it)
+    max_model_len: int = 2048  # the most tokens a row may hold
     tokenizer: object | None = None  # a transformers tokenizer, when the engine has one
     target: object | None = None  # the engine's target model, for proposers that share its weights

@@ -26,6 +26,8 @@ ENTRY_POINT_GROUP = "specplug"
 DEFAULT_PLUGINS = (
     "specplug.proposers.ngram",
     "specplug.proposers.none",
+    "specplug.proposers.draft_model",
+    "specplug.proposers.layerskip",
     "specplug.verifiers.builtin",
 )
 

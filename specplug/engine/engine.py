@@ -54,6 +54,7 @@ class Row:
     slot: int
     token_ids: list[int]
     stopper: StopChecker
+    k: int  # this row's current draft budget (changes only with adaptive_k)
     stats: SequenceStats = field(default_factory=SequenceStats)
     finish_reason: str | None = None
 
@@ -73,10 +74,10 @@ class StepOutput:
 class Engine:
     def __init__(self, model: CompactLlama, tokenizer, proposer: Proposer, verifier: Verifier,
                  num_speculative_tokens: int, max_batch_size: int = 1, max_model_len: int = 2048,
-                 seed: int | None = 0, eos_token_ids: Sequence[int] = ()):
+                 seed: int | None = 0, eos_token_ids: Sequence[int] = (), adaptive_k: bool = False):
         self.model, self.tokenizer = model, tokenizer
         self.proposer, self.verifier = proposer, verifier
-        self.k = num_speculative_tokens
+        self.k, self.adaptive_k = num_speculative_tokens, adaptive_k
         self.max_model_len = min(max_model_len, model.shape.max_positions - num_speculative_tokens)
         # k spare positions: right-padding of a row near the end never lands on a real position
         self.cache = model.new_cache(max_batch_size, self.max_model_len + num_speculative_tokens)
@@ -136,7 +137,7 @@ class Engine:
 
     def _prefill(self, requests: list[Request]) -> list[StepOutput]:
         first = len(self.rows)
-        rows = [Row(r, first + i, list(r.prompt_token_ids), StopChecker(self.tokenizer, r.stop))
+        rows = [Row(r, first + i, list(r.prompt_token_ids), StopChecker(self.tokenizer, r.stop), self.k)
                 for i, r in enumerate(requests)]
         for row in rows:
             row.stats.started = time.perf_counter()
@@ -169,7 +170,7 @@ class Engine:
         remaining = row.request.max_new_tokens - row.num_generated
         room = self.max_model_len - len(row.token_ids)
         return DraftRequest(row.request.request_id, row.token_ids, len(row.request.prompt_token_ids),
-                            max(0, min(self.k, remaining - 1, room)), row.request.sampling)
+                            max(0, min(row.k, remaining - 1, room)), row.request.sampling)
 
     def _accept(self, rows: list[Row], drafts: list[Draft], logits: torch.Tensor,
                 prefill: bool) -> list[StepOutput]:
@@ -183,6 +184,7 @@ class Engine:
             if not prefill:
                 self.cache.lengths[row.slot] += 1 + accepted  # last token + accepted drafts
                 row.stats.verify_steps += 1
+                self._adapt_k(row, len(draft.token_ids), accepted)
             outcomes.append(VerifyOutcome(row.request.request_id, len(draft.token_ids), accepted,
                                           tuple(emitted)))
             outputs.append(self._extend(row, emitted))
@@ -191,6 +193,12 @@ class Engine:
             row.stats.accepted_tokens += min(accepted, len(outputs[-1].new_token_ids))  # cut at a stop
         self.proposer.on_verified(outcomes)
         return outputs
+
+    def _adapt_k(self, row: Row, drafted: int, accepted: int) -> None:
+        """Per-row draft length from recent acceptance, as HF assisted generation's heuristic:
+        two more after a fully accepted draft, one fewer after a rejection (1 <= k_row <= k)."""
+        if self.adaptive_k and drafted:
+            row.k = min(self.k, row.k + 2) if accepted == drafted else max(1, row.k - 1)
 
     def _extend(self, row: Row, emitted: list[int]) -> StepOutput:
         """Append emitted tokens, cutting them at EOS, a stop string, max_new_tokens or the context."""

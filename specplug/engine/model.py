@@ -8,6 +8,7 @@ leaves attention scores unchanged), attention reads the static GQA cache through
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +48,30 @@ class Block:
     mlp_norm: torch.Tensor  # [hidden]
     gate_up: torch.Tensor  # [2 * intermediate, hidden]
     down: torch.Tensor  # [hidden, intermediate]
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """Which sub-layers a forward runs: a self-speculative draft skips some (all run by default)."""
+
+    attention: tuple[bool, ...]  # [num_layers]
+    mlp: tuple[bool, ...]  # [num_layers]
+
+    @classmethod
+    def skipping(cls, num_layers: int, attention: Iterable[int] = (), mlp: Iterable[int] = (),
+                 exit_layer: int | None = None) -> "LayerPlan":
+        """Skip the attention of layers ``attention``, the MLP of layers ``mlp``, and every layer from
+        ``exit_layer`` on (early exit: the final norm and LM head then read layer exit_layer - 1)."""
+        end = num_layers if exit_layer is None else exit_layer
+        skip_attention, skip_mlp = set(attention), set(mlp)
+        return cls(tuple(i < end and i not in skip_attention for i in range(num_layers)),
+                   tuple(i < end and i not in skip_mlp for i in range(num_layers)))
+
+    @property
+    def skipped_fraction(self) -> float:
+        """Share of sub-layers (attention and MLP count one each) that are skipped."""
+        runs = sum(self.attention) + sum(self.mlp)
+        return 1 - runs / (2 * len(self.attention))
 
 
 @dataclass(frozen=True)
@@ -156,29 +181,37 @@ class CompactLlama(nn.Module):
         return (keys[None, None, :] <= positions[:, :, None])[:, None]
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, cache: StaticKVCache,
-                rows: slice, logit_positions: torch.Tensor | None = None) -> torch.Tensor:
+                rows: slice, logit_positions: torch.Tensor | None = None,
+                plan: LayerPlan | None = None) -> torch.Tensor:
         """Run ``input_ids`` [B, T] at ``positions`` [B, T] for cache ``rows``; write their K/V.
 
         Returns float32 logits [B, T', V] at ``logit_positions`` [B, T'] (indices into T; all if None).
         Rows of one call may sit at different positions; the caller keeps ``cache.lengths``.
+        ``plan`` skips sub-layers (their cache entries are then neither read nor written).
         """
-        s = self.shape
-        batch, steps = input_ids.shape
         upto = int(positions.max()) + 1
         mask = self.attention_mask(positions, upto)
         h = F.embedding(input_ids, self.embed)
         for index, block in enumerate(self.blocks):
-            qkv = linear(self.rms_norm(h, block.attn_norm), block.qkv)
-            qkv = qkv.view(batch, steps, s.q_heads + 2 * s.kv_heads, s.head_dim)
-            qk = self.apply_rope(qkv[:, :, : s.q_heads + s.kv_heads], positions)
-            q, k, v = qk[:, :, : s.q_heads], qk[:, :, s.q_heads :], qkv[:, :, s.q_heads + s.kv_heads :]
-            cache.write(index, rows, positions, k, v)
-            k_all, v_all = cache.read(index, rows, upto)
-            attn = F.scaled_dot_product_attention(q.transpose(1, 2), k_all, v_all, attn_mask=mask,
-                                                  enable_gqa=True)
-            h = h + linear(attn.transpose(1, 2).reshape(batch, steps, -1), block.out)
-            gate, up = linear(self.rms_norm(h, block.mlp_norm), block.gate_up).chunk(2, dim=-1)
-            h = h + linear(F.silu(gate) * up, block.down)
+            if plan is None or plan.attention[index]:
+                h = h + self.attention(index, block, h, positions, cache, rows, upto, mask)
+            if plan is None or plan.mlp[index]:
+                gate, up = linear(self.rms_norm(h, block.mlp_norm), block.gate_up).chunk(2, dim=-1)
+                h = h + linear(F.silu(gate) * up, block.down)
         if logit_positions is not None:
             h = h.gather(1, logit_positions[..., None].expand(-1, -1, h.shape[-1]))
         return linear(self.rms_norm(h, self.norm), self.lm_head).float()
+
+    def attention(self, index: int, block: Block, h: torch.Tensor, positions: torch.Tensor,
+                  cache: StaticKVCache, rows: slice, upto: int, mask: torch.Tensor | None) -> torch.Tensor:
+        """Self-attention of layer ``index`` (its residual input ``h`` [B, T, hidden]); writes K/V."""
+        s = self.shape
+        batch, steps = h.shape[:2]
+        qkv = linear(self.rms_norm(h, block.attn_norm), block.qkv)
+        qkv = qkv.view(batch, steps, s.q_heads + 2 * s.kv_heads, s.head_dim)
+        qk = self.apply_rope(qkv[:, :, : s.q_heads + s.kv_heads], positions)
+        q, k, v = qk[:, :, : s.q_heads], qk[:, :, s.q_heads :], qkv[:, :, s.q_heads + s.kv_heads :]
+        cache.write(index, rows, positions, k, v)
+        k_all, v_all = cache.read(index, rows, upto)
+        attn = F.scaled_dot_product_attention(q.transpose(1, 2), k_all, v_all, attn_mask=mask, enable_gqa=True)
+        return linear(attn.transpose(1, 2).reshape(batch, steps, -1), block.out)

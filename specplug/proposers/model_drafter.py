@@ -1,0 +1,160 @@
+"""Drafting with a causal LM: a separate small model (``draft_model``) or the target itself with
+layers skipped (``layerskip``). Both keep their own static KV cache in GQA layout.
+
+Per row the drafter remembers ``fed``: the tokens whose K/V its cache holds. At each step the row's
+tokens (prompt + accepted output) are compared with ``fed``; the cache rolls back to their common
+prefix and the rest is fed in one catch-up forward, whose last logits give the first draft token.
+This covers rejected drafts (rolled back) and fully accepted ones (the last draft token and the bonus
+token were never fed: both are caught up). Then k - 1 one-token forwards draft the rest.
+Greedy rows draft the argmax and return no probabilities (a one-hot draft, as the verifier expects);
+sampled rows sample from the draft's distribution under the row's own temperature/top-k/top-p and
+return it, so rejection sampling stays lossless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from specplug.engine.model import CompactLlama, LayerPlan
+from specplug.metadata import Draft, DraftRequest
+from specplug.proposers.base import Proposer
+from specplug.sampling import make_generator, target_probs
+
+
+@dataclass
+class DraftRow:
+    seq_id: Hashable
+    slot: int
+    fed: list[int] = field(default_factory=list)  # tokens whose K/V the draft cache holds
+
+
+class ModelDrafter(Proposer):
+    def __init__(self, name: str, model: CompactLlama, plan: LayerPlan | None, max_rows: int,
+                 max_len: int, k: int, confidence_threshold: float = 0.0, seed: int | None = 0):
+        self.name, self.model, self.plan = name, model, plan
+        self.confidence_threshold = confidence_threshold
+        self.cache = model.new_cache(max_rows, max_len + k + 1)
+        self.rows: list[DraftRow] = []  # rows[i] lives in cache slot i
+        self.by_id: dict[Hashable, DraftRow] = {}
+        self.generator = make_generator(seed, model.device)
+
+    @torch.inference_mode()
+    def propose(self, requests: Sequence[DraftRequest]) -> list[Draft]:
+        active = [r for r in requests if r.max_draft_tokens > 0]
+        drafts: dict[Hashable, list[int]] = {r.seq_id: [] for r in active}
+        probs: dict[Hashable, list[torch.Tensor]] = {r.seq_id: [] for r in active}
+        if active:
+            rows = [self._row(r) for r in active]
+            logits = self._catch_up(rows, active)
+            current = dict(enumerate(logits))
+            running = list(range(len(active)))
+            for step in range(max(r.max_draft_tokens for r in active)):
+                running = self._choose(active, current, running, drafts, probs, step)
+                if not running:
+                    break
+                logits = self._feed([rows[i] for i in running],
+                                    [[drafts[active[i].seq_id][-1]] for i in running])
+                current = dict(zip(running, logits))
+        return [Draft(drafts.get(r.seq_id, []),
+                      torch.stack(probs[r.seq_id]) if probs.get(r.seq_id) else None) for r in requests]
+
+    def release(self, seq_id: Hashable) -> None:
+        row = self.by_id.pop(seq_id, None)
+        if row is None:
+            return
+        last = self.rows.pop()
+        if last is not row:
+            self.cache.move(last.slot, row.slot)
+            last.slot = row.slot
+            self.rows[row.slot] = last
+        self.cache.lengths[len(self.rows)] = 0
+
+    # ---- internals ------------------------------------------------------------------------------
+    def _row(self, request: DraftRequest) -> DraftRow:
+        row = self.by_id.get(request.seq_id)
+        if row is None:
+            if len(self.rows) == self.cache.slots:
+                raise RuntimeError(f"proposer '{self.name}' holds {self.cache.slots} rows already; "
+                                   "rows must be released when they finish")
+            row = DraftRow(request.seq_id, len(self.rows))
+            self.rows.append(row)
+            self.by_id[request.seq_id] = row
+        return row
+
+    def _catch_up(self, rows: list[DraftRow], requests: list[DraftRequest]) -> torch.Tensor:
+        """Roll each row back to what it shares with its tokens, feed the rest: logits [B, V]."""
+        chunks = []
+        for row, request in zip(rows, requests):
+            tokens = _as_list(request.token_ids)
+            common = min(_common_prefix(row.fed, tokens), len(tokens) - 1)  # feed at least the last
+            self.cache.rollback(row.slot, common)
+            row.fed = tokens[:common]
+            chunks.append(tokens[common:])
+        return self._feed(rows, chunks)
+
+    def _feed(self, rows: list[DraftRow], chunks: list[list[int]]) -> torch.Tensor:
+        for row, chunk in zip(rows, chunks):
+            row.fed.extend(chunk)
+        return self._forward(rows, chunks)
+
+    def _forward(self, rows: list[DraftRow], chunks: list[list[int]]) -> torch.Tensor:
+        """Feed ``chunks`` to ``rows`` in one forward over every live slot: logits [len(rows), V].
+
+        Slots not in ``rows`` get one dummy token past their valid length (overwritten later).
+        """
+        width = max(map(len, chunks))
+        inputs = [[0] * width for _ in self.rows]
+        last = [0] * len(self.rows)
+        for row, chunk in zip(rows, chunks):
+            inputs[row.slot][: len(chunk)] = chunk
+            last[row.slot] = len(chunk) - 1
+        device = self.model.device
+        starts = torch.tensor(self.cache.lengths[: len(self.rows)], device=device)
+        # padding (and dummy rows) lie past each row's valid length; clamped to stay inside the cache
+        positions = (starts[:, None] + torch.arange(width, device=device)).clamp(max=self.cache.max_len - 1)
+        logits = self.model(torch.tensor(inputs, device=device), positions, self.cache,
+                            slice(0, len(self.rows)), torch.tensor(last, device=device)[:, None], self.plan)
+        for row, chunk in zip(rows, chunks):
+            self.cache.lengths[row.slot] += len(chunk)
+        return logits[[row.slot for row in rows], 0]
+
+    def _choose(self, requests: list[DraftRequest], logits: dict[int, torch.Tensor], running: list[int],
+                drafts: dict, probs: dict, step: int) -> list[int]:
+        """Pick each running row's next draft token from its ``logits`` [V]; return the rows that go on.
+
+        A row stops at its draft budget, or (after its first token) when the draft's confidence in the
+        next token falls below ``confidence_threshold``.
+        """
+        still = []
+        for i in running:
+            request, row_logits = requests[i], logits[i]
+            if request.sampling.greedy:
+                token = int(row_logits.argmax())
+                q = None
+                confidence = float(row_logits.softmax(-1)[token]) if self.confidence_threshold else 1.0
+            else:
+                q = target_probs(row_logits[None, None], [request.sampling])[0, 0]
+                token = int(torch.multinomial(q, 1, generator=self.generator))
+                confidence = float(q[token])
+            if step > 0 and confidence < self.confidence_threshold:
+                continue
+            drafts[request.seq_id].append(token)
+            if q is not None:
+                probs[request.seq_id].append(q)
+            if len(drafts[request.seq_id]) < request.max_draft_tokens:
+                still.append(i)
+        return still
+
+
+def _as_list(token_ids: Sequence[int]) -> list[int]:
+    return token_ids.tolist() if hasattr(token_ids, "tolist") else list(token_ids)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:  # the usual case, compared at C speed
+        return n
+    return next(i for i in range(n) if a[i] != b[i])

@@ -1,0 +1,117 @@
+"""``specplug tune layerskip``: Bayesian optimisation (Optuna, TPE) of the layerskip skip set.
+
+Search space as in Draft & Verify: for every layer but the first and the last, whether its attention
+and whether its MLP is skipped. Objective: measured tokens/s of greedy layerskip decoding on the
+calibration prompts (acceptance recorded beside it). The first trials are sparse random masks (each
+sub-layer skipped with probability SPARSE_SKIP): uniform random masks skip half the model, where
+acceptance is near zero and TPE learns nothing. The study is stored (SQLite) so a run can resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from specplug.bench import machine_description, measure
+from specplug.config import Config, PluginChoice, config_to_dict
+from specplug.errors import SpecplugError
+from specplug.llm import LLM
+from specplug.prompts import Prompt
+
+SPARSE_SKIP = 0.08
+
+
+def skip_set(trial, num_layers: int) -> tuple[list[int], list[int]]:
+    middle = range(1, num_layers - 1)
+    attention = [i for i in middle if trial.suggest_categorical(f"attn_{i}", [False, True])]
+    mlp = [i for i in middle if trial.suggest_categorical(f"mlp_{i}", [False, True])]
+    return attention, mlp
+
+
+def sparse_masks(count: int, num_layers: int, seed: int) -> list[dict[str, bool]]:
+    rng = random.Random(seed)
+    masks = []
+    while len(masks) < count:
+        mask = {f"{part}_{i}": rng.random() < SPARSE_SKIP for i in range(1, num_layers - 1) for part in ("attn", "mlp")}
+        if any(mask.values()):
+            masks.append(mask)
+    return masks
+
+
+def tune_layerskip(config: Config, prompts: list[Prompt], trials: int, out: Path, *,
+                   max_skip_ratio: float = 1.0, max_new_tokens: int = 48, study_path: Path | None = None,
+                   seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    import optuna
+
+    if trials < 1:
+        raise SpecplugError(f"--trials must be >= 1 (got {trials})")
+    if not 0 < max_skip_ratio <= 1:
+        raise SpecplugError(f"--max-skip-ratio must be in (0, 1] (got {max_skip_ratio})")
+    plain = LLM(dataclasses.replace(config, proposer=PluginChoice("none")))
+    layers = plain.model.shape.num_layers
+    encoded = [plain.encode(p) for p in prompts]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f"sqlite:///{(study_path or out.with_suffix('.study.db')).resolve()}"
+    startup = max(1, min(10, trials // 3))
+    study = optuna.create_study(study_name="layerskip", storage=storage, direction="maximize",
+                                load_if_exists=True,
+                                sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup))
+    if not study.trials:
+        for mask in sparse_masks(startup, layers, seed):
+            study.enqueue_trial(mask)
+
+    def objective(trial) -> float:
+        attention, mlp = skip_set(trial, layers)
+        skipped = (len(attention) + len(mlp)) / (2 * layers)
+        if not skipped or skipped > max_skip_ratio:
+            raise optuna.TrialPruned(f"skips {skipped:.0%} of the sub-layers")
+        result = measure(plain.variant("layerskip", skip_attention=attention, skip_mlp=mlp), encoded,
+                         max_new_tokens)
+        for key in ("acceptance_rate", "mean_accepted_per_step"):
+            trial.set_user_attr(key, result[key])
+        trial.set_user_attr("skipped_fraction", skipped)
+        return result["tokens_per_second"]
+
+    remaining = trials - len([t for t in study.trials if t.state.is_finished()])
+    if remaining > 0:
+        study.optimize(objective, n_trials=remaining, show_progress_bar=progress)
+    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not completed:
+        raise SpecplugError("no trial completed (every skip set was pruned): raise --max-skip-ratio")
+    best = study.best_trial
+    attention, mlp = skip_set(optuna.trial.FixedTrial(best.params), layers)
+    return write_tuned_config(config, out, attention, mlp, best, plain, encoded, max_new_tokens, len(study.trials))
+
+
+def write_tuned_config(config: Config, out: Path, attention: list[int], mlp: list[int], best, plain: LLM,
+                       encoded: list[list[int]], max_new_tokens: int, trials: int) -> dict[str, Any]:
+    """Re-measure the chosen set against plain decoding in one run and write a ready config."""
+    tuned = plain.variant("layerskip", skip_attention=attention, skip_mlp=mlp)
+    base, chosen = measure(plain, encoded, max_new_tokens), measure(tuned, encoded, max_new_tokens)
+    data = config_to_dict(dataclasses.replace(
+        config, proposer=PluginChoice("layerskip", {"skip_attention": attention, "skip_mlp": mlp})))
+    summary = {
+        "date": date.today().isoformat(), "machine": machine_description(), "trials": trials,
+        "calibration_prompts": len(encoded), "max_new_tokens": max_new_tokens,
+        "skipped_fraction": round(best.user_attrs["skipped_fraction"], 4),
+        "tokens_per_second": round(chosen["tokens_per_second"], 2),
+        "plain_tokens_per_second": round(base["tokens_per_second"], 2),
+        "acceptance_rate": round(chosen["acceptance_rate"], 3),
+        "mean_accepted_per_step": round(chosen["mean_accepted_per_step"], 3),
+    }
+    header = "".join(f"# {line}\n" for line in (
+        "Written by `specplug tune layerskip` (Optuna TPE over skipped attention/MLP sub-layers).",
+        f"{summary['date']}, {summary['machine']}: {trials} trials on {len(encoded)} calibration prompts, "
+        f"{max_new_tokens} new tokens each.",
+        f"Measured in one run: layerskip {summary['tokens_per_second']} tok/s (acceptance "
+        f"{summary['acceptance_rate']}, {summary['mean_accepted_per_step']} accepted/step, "
+        f"{summary['skipped_fraction']:.0%} of sub-layers skipped) vs plain {summary['plain_tokens_per_second']} tok/s.",
+    ))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(header + yaml.safe_dump(data, sort_keys=False))
+    return {**summary, "skip_attention": attention, "skip_mlp": mlp, "out": str(out)}

@@ -1,0 +1,46 @@
+"""`specplug tune layerskip`: a short real study writes a usable config and resumes."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from specplug.config import load_config
+from specplug.errors import SpecplugError
+from specplug.tune import sparse_masks, tune_layerskip
+
+pytestmark = pytest.mark.slow
+PROMPTS = ["The three primary colours are", "def fibonacci(n):"]
+
+
+def test_sparse_masks_skip_little_and_never_the_first_or_last_layer():
+    masks = sparse_masks(20, 30, seed=0)
+    assert all(any(m.values()) for m in masks)
+    assert {int(k.split("_")[1]) for m in masks for k in m} == set(range(1, 29))
+    skipped = sum(sum(m.values()) for m in masks) / sum(len(m) for m in masks)
+    assert skipped < 0.2
+
+
+def test_tune_writes_a_config_that_runs_and_resumes(tmp_path):
+    out = tmp_path / "tuned.yaml"
+    config = load_config(None, ["proposer.name=none", "max_model_len=256"])
+    result = tune_layerskip(config, PROMPTS, 3, out, max_new_tokens=8, progress=False)
+    tuned = load_config(out)
+    assert tuned.proposer.name == "layerskip"
+    assert tuned.proposer.options == {"skip_attention": result["skip_attention"], "skip_mlp": result["skip_mlp"]}
+    assert 0 not in result["skip_attention"] + result["skip_mlp"]
+    assert 29 not in result["skip_attention"] + result["skip_mlp"]
+    assert result["tokens_per_second"] > 0 and result["plain_tokens_per_second"] > 0
+    assert "Measured in one run: layerskip" in out.read_text()
+    study = optuna.load_study(study_name="layerskip", storage=f"sqlite:///{out.with_suffix('.study.db')}")
+    assert len(study.trials) == 3
+    tune_layerskip(config, PROMPTS, 4, out, max_new_tokens=8, progress=False)
+    assert len(optuna.load_study(study_name="layerskip", storage=f"sqlite:///{out.with_suffix('.study.db')}")
+               .trials) == 4  # resumed: one more trial, not four
+
+
+def test_every_set_pruned_is_a_clear_error(tmp_path):
+    config = load_config(None, ["proposer.name=none", "max_model_len=256"])
+    with pytest.raises(SpecplugError, match="every skip set was pruned"):
+        tune_layerskip(config, PROMPTS, 2, tmp_path / "t.yaml", max_skip_ratio=0.001, max_new_tokens=4,
+                       progress=False)
