@@ -111,12 +111,7 @@ class Engine:
 
     def _release(self, row: Row) -> None:
         """Free the row's slot, moving the last row into it so live slots stay packed."""
-        last = self.rows.pop()
-        if last is not row:
-            self.cache.move(last.slot, row.slot)
-            last.slot = row.slot
-            self.rows[row.slot] = last
-        self.cache.lengths[len(self.rows)] = 0
+        self.cache.release(self.rows, row)
         self.proposer.release(row.request.request_id)
 
     # ---- one engine step ------------------------------------------------------------------------

@@ -61,3 +61,13 @@ class StaticKVCache(nn.Module):
             for buf in self.layer(index):
                 buf[dst, :, :n] = buf[src, :, :n]
         self.lengths[dst], self.lengths[src] = n, 0
+
+    def release(self, rows: list, row) -> None:
+        """Drop ``row`` from ``rows`` (rows[i] lives in slot i, each with a ``slot`` attribute), moving
+        the last row into the freed slot so live rows stay packed at the front."""
+        last = rows.pop()
+        if last is not row:
+            self.move(last.slot, row.slot)
+            last.slot = row.slot
+            rows[row.slot] = last
+        self.lengths[len(rows)] = 0

@@ -65,12 +65,7 @@ class ModelDrafter(Proposer):
         row = self.by_id.pop(seq_id, None)
         if row is None:
             return
-        last = self.rows.pop()
-        if last is not row:
-            self.cache.move(last.slot, row.slot)
-            last.slot = row.slot
-            self.rows[row.slot] = last
-        self.cache.lengths[len(self.rows)] = 0
+        self.cache.release(self.rows, row)
 
     # ---- internals ------------------------------------------------------------------------------
     def _row(self, request: DraftRequest) -> DraftRow:
