@@ -15,12 +15,15 @@ from pathlib import Path
 
 import pytest
 
+from specplug.plugins import load_registry, make_plugin_manager
+
 pytestmark = pytest.mark.slow  # the generate tests load the model
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "docs" / "examples" / "specplug-phrases"
-BUILTIN_PROPOSERS = {"ngram", "none"}
-BUILTIN_VERIFIERS = {"greedy", "rejection"}
+_BUILTINS = load_registry(make_plugin_manager(load_entrypoints=False))
+BUILTIN_PROPOSERS = set(_BUILTINS.names("proposer"))
+BUILTIN_VERIFIERS = set(_BUILTINS.names("verifier"))
 PROMPT = "Once upon a time"
 
 
