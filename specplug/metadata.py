@@ -6,7 +6,7 @@ V = vocabulary size, N = tokens a row holds so far.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -86,3 +86,11 @@ class ProposerContext:
     max_model_len: int = 2048  # the most tokens a row may hold
     tokenizer: object | None = None  # a transformers tokenizer, when the engine has one
     target: object | None = None  # the engine's target model, for proposers that share its weights
+    # how an adapter whose engine keeps its weights out of reach loads a copy of the target on demand
+    load_target: Callable[[], object] | None = field(default=None, repr=False)
+
+    def target_model(self) -> object | None:
+        """The target as a specplug model (loaded on first use where an adapter supplies ``load_target``)."""
+        if self.target is None and self.load_target is not None:
+            self.target = self.load_target()
+        return self.target

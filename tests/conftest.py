@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -48,3 +53,22 @@ def assert_same_greedy(hf_model):
         assert mismatch["near_tie"], f"{label}: greedy outputs differ beyond a near tie: {mismatch}"
 
     return check
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "specplug-phrases"
+
+
+@pytest.fixture(scope="session")
+def phrases_site(tmp_path_factory) -> Path:
+    """A directory holding the installed example package (specplug-phrases 0.1.0)."""
+    base = tmp_path_factory.mktemp("third-party")
+    source = base / "src"  # build from a copy: pip's in-tree build leaves nothing in the repository
+    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    target = base / "site"
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+         "--disable-pip-version-check", "--target", str(target), str(source)],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return target

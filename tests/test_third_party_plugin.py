@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,19 +27,8 @@ PROMPT = "Once upon a time"
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Path:
-    """A directory holding the installed example package (specplug-phrases 0.1.0)."""
-    base = tmp_path_factory.mktemp("third-party")
-    source = base / "src"  # build from a copy: pip's in-tree build leaves nothing in the repository
-    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    target = base / "site"
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-         "--disable-pip-version-check", "--target", str(target), str(source)],
-        capture_output=True, text=True,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return target
+def site(phrases_site) -> Path:
+    return phrases_site
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from specplug.engine.model import CompactLlama
 from specplug.engine.stopping import StopChecker
 from specplug.errors import SpecplugError
 from specplug.metadata import Draft, DraftRequest, SamplingParams, VerifyInput, VerifyOutcome
-from specplug.proposers.base import Proposer
+from specplug.proposers.base import Proposer, check_drafts, next_draft_length
 from specplug.sampling import make_generator
 from specplug.verifiers.base import Verifier
 
@@ -190,10 +190,8 @@ class Engine:
         return outputs
 
     def _adapt_k(self, row: Row, drafted: int, accepted: int) -> None:
-        """Per-row draft length from recent acceptance, as HF assisted generation's heuristic:
-        two more after a fully accepted draft, one fewer after a rejection (1 <= k_row <= k)."""
-        if self.adaptive_k and drafted:
-            row.k = min(self.k, row.k + 2) if accepted == drafted else max(1, row.k - 1)
+        if self.adaptive_k:
+            row.k = next_draft_length(row.k, self.k, drafted, accepted)
 
     def _extend(self, row: Row, emitted: list[int]) -> StepOutput:
         """Append emitted tokens, cutting them at EOS, a stop string, max_new_tokens or the context."""
@@ -236,20 +234,3 @@ def verify_input(drafts: list[Draft], logits: torch.Tensor, sampling: list[Sampl
             if draft.probs is not None and draft.token_ids:
                 probs[i, : len(draft.token_ids)] = draft.probs.to(device=device, dtype=torch.float32)
     return VerifyInput(logits, token_ids, num_draft, probs, sampling, generator)
-
-
-def check_drafts(proposer: Proposer, requests: list[DraftRequest], drafts: list[Draft], vocab: int) -> None:
-    """Reject malformed proposer output with an error that names the proposer."""
-    name = getattr(proposer, "name", type(proposer).__name__)
-    if len(drafts) != len(requests):
-        raise SpecplugError(f"proposer '{name}' returned {len(drafts)} drafts for {len(requests)} rows")
-    for request, draft in zip(requests, drafts):
-        n = len(draft.token_ids)
-        if n > request.max_draft_tokens:
-            raise SpecplugError(f"proposer '{name}' drafted {n} tokens for a row that allows "
-                                f"{request.max_draft_tokens}")
-        if any(not 0 <= t < vocab for t in draft.token_ids):
-            raise SpecplugError(f"proposer '{name}' drafted a token id outside the vocabulary (0..{vocab - 1})")
-        if draft.probs is not None and tuple(draft.probs.shape) != (n, vocab):
-            raise SpecplugError(f"proposer '{name}' returned draft probs of shape {tuple(draft.probs.shape)}; "
-                                f"expected ({n}, {vocab})")

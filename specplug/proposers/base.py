@@ -3,6 +3,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Sequence
 
+from specplug.errors import SpecplugError
 from specplug.metadata import Draft, DraftRequest, VerifyOutcome
 
 
@@ -25,3 +26,29 @@ class Proposer(ABC):
 
     def release(self, seq_id: Hashable) -> None:  # noqa: B027 - optional hook
         """Forget everything kept for ``seq_id`` (the row finished or was cancelled)."""
+
+
+def check_drafts(proposer: Proposer, requests: Sequence[DraftRequest], drafts: Sequence[Draft],
+                 vocab: int) -> None:
+    """Reject malformed proposer output with an error that names the proposer."""
+    name = getattr(proposer, "name", type(proposer).__name__)
+    if len(drafts) != len(requests):
+        raise SpecplugError(f"proposer '{name}' returned {len(drafts)} drafts for {len(requests)} rows")
+    for request, draft in zip(requests, drafts):
+        n = len(draft.token_ids)
+        if n > request.max_draft_tokens:
+            raise SpecplugError(f"proposer '{name}' drafted {n} tokens for a row that allows "
+                                f"{request.max_draft_tokens}")
+        if any(not 0 <= t < vocab for t in draft.token_ids):
+            raise SpecplugError(f"proposer '{name}' drafted a token id outside the vocabulary (0..{vocab - 1})")
+        if draft.probs is not None and tuple(draft.probs.shape) != (n, vocab):
+            raise SpecplugError(f"proposer '{name}' returned draft probs of shape {tuple(draft.probs.shape)}; "
+                                f"expected ({n}, {vocab})")
+
+
+def next_draft_length(current: int, k: int, drafted: int, accepted: int) -> int:
+    """A row's next draft budget from its last step, as HF assisted generation's heuristic: two more
+    after a fully accepted draft, one fewer after a rejection, always within 1..k."""
+    if not drafted:
+        return current
+    return min(k, current + 2) if accepted == drafted else max(1, current - 1)

