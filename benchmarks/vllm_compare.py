@@ -1,0 +1,140 @@
+"""vLLM plain, vLLM's built-in ngram and vLLM + specplug ngram, side by side in one run.
+
+Three engines stay up together (an idle vLLM engine uses no CPU); each measurement runs the same
+requests on each engine in turn, and rounds repeat that, so drift in the machine's speed hits all
+three alike. Batch 1 sends the requests one at a time; the full batch sends them all at once (the
+prompts file twice, up to max_num_seqs rows at a time). Then the specplug engine switches strategy
+through its config file and the worker's resident memory is read after each, for the memory table.
+
+    .venv/bin/python benchmarks/vllm_compare.py --rounds 2 > vllm-compare.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPT_FILES = {"grounded": ROOT / "benchmarks" / "grounded.jsonl", "open_ended": ROOT / "benchmarks" / "open_ended.jsonl"}
+MAX_NUM_SEQS = 8
+
+
+def engines(model_dir: str, k: int, config_path: Path):
+    from vllm import LLM
+
+    common = dict(model=model_dir, dtype="float32", max_model_len=2048, max_num_seqs=MAX_NUM_SEQS,
+                  enforce_eager=True, disable_log_stats=False, seed=0)
+    os.environ["SPECPLUG_CONFIG"] = str(config_path)
+    return {
+        "vLLM plain": LLM(**common),
+        "vLLM ngram (built-in)": LLM(**common, speculative_config={
+            "method": "ngram", "num_speculative_tokens": k, "prompt_lookup_min": 1, "prompt_lookup_max": 4}),
+        "vLLM + specplug ngram": LLM(**common, speculative_config={
+            "method": "custom_class", "model": "specplug_vllm.Proposer", "num_speculative_tokens": k}),
+    }
+
+
+def spec_counters(llm) -> tuple[float, float]:
+    """vLLM's spec-decode counters. vLLM keeps one engine's metrics per process (the last started:
+    the specplug one), so the other engines read no change and report no acceptance."""
+    metrics = {m.name: m for m in llm.get_metrics()}
+    drafted = metrics.get("vllm:spec_decode_num_draft_tokens")
+    accepted = metrics.get("vllm:spec_decode_num_accepted_tokens")
+    return (drafted.value if drafted else 0.0), (accepted.value if accepted else 0.0)
+
+
+def timed(llm, requests: list[list[int]], batch: bool, max_tokens: int) -> tuple[float, list[list[int]]]:
+    from vllm import SamplingParams
+
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    prompts = [{"prompt_token_ids": ids} for ids in requests]
+    start = time.perf_counter()
+    if batch:
+        outputs = llm.generate(prompts, params, use_tqdm=False)
+    else:
+        outputs = [o for p in prompts for o in llm.generate([p], params, use_tqdm=False)]
+    return time.perf_counter() - start, [list(o.outputs[0].token_ids) for o in outputs]
+
+
+def worker_rss_mib() -> float:
+    workers = [p for p in psutil.Process().children(recursive=True) if "Worker" in p.name()]
+    return max(p.memory_info().rss for p in workers) / 2**20 if workers else float("nan")
+
+
+def measure(llms, requests_by_file, rounds: int, max_tokens: int) -> list[dict]:
+    totals: dict[tuple, dict] = {}
+    for _ in range(rounds):
+        for file, prompts in requests_by_file.items():
+            for mode, requests, batch in (("batch 1", prompts, False), ("full batch", prompts * 2, True)):
+                reference = None
+                for label, llm in llms.items():
+                    before = spec_counters(llm)
+                    seconds, outputs = timed(llm, requests, batch, max_tokens)
+                    after = spec_counters(llm)
+                    reference = reference or outputs
+                    t = totals.setdefault((file, mode, label), {"tokens": 0, "seconds": 0.0, "drafted": 0.0,
+                                                                "accepted": 0.0, "differing": 0})
+                    t["tokens"] += sum(map(len, outputs))
+                    t["seconds"] += seconds
+                    t["drafted"] += after[0] - before[0]
+                    t["accepted"] += after[1] - before[1]
+                    t["differing"] += sum(a != b for a, b in zip(reference, outputs))
+    rows = []
+    for (file, mode, label), t in totals.items():
+        plain = totals[(file, mode, "vLLM plain")]
+        rate = t["tokens"] / t["seconds"]
+        rows.append({"prompts": file, "mode": mode, "engine": label, "tokens": t["tokens"],
+                     "tokens_per_second": round(rate, 2),
+                     "vs_plain": round(rate / (plain["tokens"] / plain["seconds"]), 3),
+                     "acceptance": round(t["accepted"] / t["drafted"], 3) if t["drafted"] else None,
+                     "requests_differing_from_plain": t["differing"]})
+    return rows
+
+
+def memory(llm, config_path: Path, strategies: dict[str, dict], prompts: list[list[int]]) -> list[dict]:
+    rows = []
+    for label, config in strategies.items():
+        tmp = config_path.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(config))
+        os.replace(tmp, config_path)
+        timed(llm, prompts[:2], True, 8)  # the next step builds the strategy
+        rows.append({"strategy": label, "worker_rss_mib": round(worker_rss_mib())})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("-k", type=int, default=3)
+    args = parser.parse_args()
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    from specplug.bench import machine_description
+    from specplug.engine.loader import load_tokenizer, resolve_model
+    from specplug.prompts import encode_prompt, read_prompts_file
+
+    model_dir = resolve_model("smollm2-135m")
+    tokenizer = load_tokenizer(model_dir)
+    requests_by_file = {name: [encode_prompt(tokenizer, p) for p in read_prompts_file(path)]
+                        for name, path in PROMPT_FILES.items()}
+    config_path = Path(tempfile.mkdtemp()) / "specplug.yaml"
+    config_path.write_text(yaml.safe_dump({"proposer": {"name": "ngram"}, "num_speculative_tokens": args.k}))
+    llms = engines(str(model_dir), args.k, config_path)
+    rows = measure(llms, requests_by_file, args.rounds, args.max_tokens)
+    configs = {name: yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
+               for name in ("none", "ngram", "draft_model", "layerskip")}  # RSS only grows: each adds its part
+    memory_rows = memory(llms["vLLM + specplug ngram"], config_path, configs, requests_by_file["grounded"])
+    print(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": machine_description(), "k": args.k,
+                      "rounds": args.rounds, "max_tokens": args.max_tokens, "rows": rows,
+                      "worker_memory": memory_rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
