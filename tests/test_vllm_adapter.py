@@ -6,6 +6,7 @@ and its drafts are compared with what the same specplug proposer drafts when cal
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -187,3 +188,38 @@ def test_config_watcher_sees_replaced_and_removed_files(tmp_path):
     assert watcher.changed() and not watcher.changed()
     os.remove(path)
     assert watcher.changed()
+
+
+def test_adaptive_k_moves_each_rows_budget_within_the_configs_k(vllm_config, tmp_path, monkeypatch):
+    path = write_config(tmp_path / "a.yaml", proposer={"name": "ngram"}, num_speculative_tokens=3, adaptive_k=True)
+    monkeypatch.setenv("SPECPLUG_CONFIG", path)
+    proposer, batch = Proposer(vllm_config), Batch()
+    batch.set(0, REPEATING)
+    assert batch.propose(proposer, [[6], [], [], []])[0] == [8, 9, 5]
+    batch.set(0, REPEATING + [1])  # vLLM rejected the first draft token and sampled 1 instead
+    batch.propose(proposer, [[1], [], [], []])
+    assert proposer.rows.by_row[0].k == 2
+    batch.set(0, REPEATING + [1, 5])  # nothing was drafted after the unseen 1
+    assert batch.propose(proposer, [[5], [], [], []])[0] == [6, 1]  # k = 2 now
+    batch.set(0, REPEATING + [1, 5, 6, 1, 5])  # both accepted, plus a bonus token
+    batch.propose(proposer, [[6, 1, 5], [], [], []])
+    assert proposer.rows.by_row[0].k == 3  # back up, never above the config's k
+
+
+def test_stats_file_holds_the_strategies_swaps_and_rejections(vllm_config, tmp_path, monkeypatch):
+    path = write_config(tmp_path / "s.yaml", proposer={"name": "ngram"}, num_speculative_tokens=3)
+    monkeypatch.setenv("SPECPLUG_CONFIG", path)
+    monkeypatch.setenv("SPECPLUG_STATS_FILE", str(tmp_path / "stats-{pid}.json"))
+    monkeypatch.setenv("SPECPLUG_STATS_INTERVAL", "0")
+    proposer, batch = Proposer(vllm_config), Batch()
+    batch.set(0, REPEATING)
+    batch.propose(proposer, [[6], [], [], []])
+    write_config(path, proposer={"name": "none"})
+    batch.set(0, REPEATING + [8, 9, 5, 6])
+    batch.propose(proposer, [[8, 9, 5, 6], [], [], []])
+    stats = json.loads((tmp_path / f"stats-{os.getpid()}.json").read_text())
+    assert [s["proposer"] for s in stats["strategies"]] == ["ngram", "none"]
+    assert stats["strategies"][0] | {"acceptance": 1.0} == {
+        "proposer": "ngram", "config": path, "k": 3, "steps": 1, "drafted": 3, "accepted": 3,
+        "accepted_by_position": [1, 1, 1], "acceptance": 1.0}
+    assert stats["swaps"][0]["to"] == "none" and stats["rejected"] == []
