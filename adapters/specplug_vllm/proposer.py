@@ -19,7 +19,7 @@ import numpy as np
 
 from specplug.metadata import DraftRequest, VerifyOutcome
 from specplug.proposers.base import check_drafts, next_draft_length
-from specplug_vllm.plugin import check_vllm_version, installed_vllm_version, register
+from specplug_vllm.plugin import check_vllm_version, installed_vllm_version
 from specplug_vllm.rows import RowTracker, TrackedRow
 from specplug_vllm.stats import AdapterStats
 from specplug_vllm.strategy import ConfigWatcher, EngineShape, Strategy, StrategyBuilder
@@ -32,7 +32,6 @@ CONFIG_ENV = "SPECPLUG_CONFIG"
 class Proposer:
     def __init__(self, vllm_config):
         check_vllm_version(installed_vllm_version())
-        register()
         self.shape = EngineShape.from_vllm(vllm_config)
         self.builder = StrategyBuilder(self.shape)
         self.config_path = os.environ.get(CONFIG_ENV) or None
@@ -66,7 +65,7 @@ class Proposer:
 
     def _draft(self, rows: Sequence[TrackedRow]) -> list[list[int]]:
         proposer = self.strategy.proposer
-        requests = [DraftRequest(t.seq_id, t.tokens.tolist(), t.num_prompt_tokens,
+        requests = [DraftRequest(t.seq_id, t.tokens, t.num_prompt_tokens,
                                  max(0, min(t.k, self.shape.max_model_len - len(t.tokens))))
                     for t in rows]
         drafts = proposer.propose(requests)

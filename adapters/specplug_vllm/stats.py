@@ -41,10 +41,9 @@ class StrategyStats:
 
 
 class AdapterStats:
-    def __init__(self, path: str | None = None, interval: float | None = None):
-        self.path = (path if path is not None else os.environ.get("SPECPLUG_STATS_FILE") or "").replace(
-            "{pid}", str(os.getpid()))
-        self.interval = interval if interval is not None else float(os.environ.get("SPECPLUG_STATS_INTERVAL", "30"))
+    def __init__(self) -> None:
+        self.path = os.environ.get("SPECPLUG_STATS_FILE", "").replace("{pid}", str(os.getpid()))
+        self.interval = float(os.environ.get("SPECPLUG_STATS_INTERVAL", "30"))
         self.strategies: list[StrategyStats] = []
         self.rejected: list[dict[str, str]] = []
         self.swaps: list[dict[str, object]] = []

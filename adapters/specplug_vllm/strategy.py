@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from specplug.config import Config, load_config
-from specplug.engine.loader import load_hf_model, load_tokenizer, parse_dtype
+from specplug.engine.loader import load_compact_model, load_tokenizer, parse_dtype
 from specplug.engine.model import CompactLlama
 from specplug.errors import ConfigError
 from specplug.metadata import ProposerContext
@@ -90,9 +90,7 @@ class StrategyBuilder:
     @functools.cache
     def target(self, dtype: str) -> CompactLlama:
         """A copy of vLLM's target in specplug's layout (vLLM's own weights are paged and repacked)."""
-        torch_dtype = parse_dtype(dtype)
-        hf_model = load_hf_model(Path(self.shape.model_dir), torch_dtype)
-        return CompactLlama.from_hf(hf_model, torch_dtype, torch.device(self.shape.device))
+        return load_compact_model(Path(self.shape.model_dir), parse_dtype(dtype), torch.device(self.shape.device))
 
 
 class ConfigWatcher:

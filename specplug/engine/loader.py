@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from specplug.engine.model import CompactLlama
 from specplug.errors import SpecplugError
 
 # alias -> (package that ships the file, file name inside the package, pip command that installs it)
@@ -124,6 +125,11 @@ def load_hf_model(model_dir: Path, dtype: torch.dtype):
         return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
     finally:
         hf_logging.enable_progress_bar()
+
+
+def load_compact_model(model_dir: Path, dtype: torch.dtype, device: torch.device) -> CompactLlama:
+    """An HF directory loaded straight into the engine's layout (the HF model is not kept)."""
+    return CompactLlama.from_hf(load_hf_model(model_dir, dtype), dtype, device)
 
 
 def load_tokenizer(model_dir: Path):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from specplug.engine.loader import load_hf_model, load_tokenizer, parse_dtype
+from specplug.engine.loader import load_compact_model, load_tokenizer, parse_dtype
 from specplug.engine.model import CompactLlama
 from specplug.errors import ConfigError
 from specplug.hookspecs import hookimpl
@@ -29,11 +29,11 @@ def load_draft(model: str, context: ProposerContext, dtype: str | None) -> Compa
     check_same_vocabulary(model, load_tokenizer(path), context)
     target_dtype = getattr(context.target, "dtype", None)
     torch_dtype = parse_dtype(dtype) if dtype else target_dtype or parse_dtype("float32")
-    hf_draft = load_hf_model(path, torch_dtype)
-    if hf_draft.config.vocab_size != context.vocab_size:
-        raise ConfigError(f"draft model '{model}' has {hf_draft.config.vocab_size} output tokens, the target "
+    draft = load_compact_model(path, torch_dtype, context.device)
+    if draft.shape.vocab_size != context.vocab_size:
+        raise ConfigError(f"draft model '{model}' has {draft.shape.vocab_size} output tokens, the target "
                           f"{context.vocab_size}: a draft must share the target's vocabulary")
-    return CompactLlama.from_hf(hf_draft, torch_dtype, context.device)
+    return draft
 
 
 def check_same_vocabulary(model: str, draft_tokenizer, context: ProposerContext) -> None:
