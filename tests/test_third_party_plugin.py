@@ -27,11 +27,6 @@ PROMPT = "Once upon a time"
 
 
 @pytest.fixture(scope="module")
-def site(phrases_site) -> Path:
-    return phrases_site
-
-
-@pytest.fixture(scope="module")
 def broken_site(tmp_path_factory) -> Path:
     """A directory with a fake installed distribution whose entry point names a missing module."""
     target = tmp_path_factory.mktemp("broken")
@@ -65,8 +60,8 @@ def generate(site: Path, *overrides: str) -> dict:
     return json.loads(result.stdout)
 
 
-def test_installed_plugin_is_listed_with_its_distribution(site):
-    rows = plugin_rows(specplug("plugins", "--json", path=[site]))
+def test_installed_plugin_is_listed_with_its_distribution(phrases_site):
+    rows = plugin_rows(specplug("plugins", "--json", path=[phrases_site]))
     assert rows[("proposer", "phrases")] == {
         "name": "phrases", "kind": "proposer", "plugin": "phrases",
         "distribution": {"name": "specplug-phrases", "version": "0.1.0"},
@@ -74,28 +69,28 @@ def test_installed_plugin_is_listed_with_its_distribution(site):
     assert {name for kind, name in rows if kind == "proposer"} == BUILTIN_PROPOSERS | {"phrases"}
 
 
-def test_autoload_can_be_disabled(site):
-    rows = plugin_rows(specplug("plugins", "--json", path=[site], SPECPLUG_DISABLE_PLUGIN_AUTOLOAD="1"))
+def test_autoload_can_be_disabled(phrases_site):
+    rows = plugin_rows(specplug("plugins", "--json", path=[phrases_site], SPECPLUG_DISABLE_PLUGIN_AUTOLOAD="1"))
     assert ("proposer", "phrases") not in rows
     assert {name for kind, name in rows if kind == "proposer"} == BUILTIN_PROPOSERS
 
 
-def test_plugin_can_be_blocked(site):
-    rows = plugin_rows(specplug("plugins", "--json", path=[site], SPECPLUG_BLOCK_PLUGINS="phrases"))
+def test_plugin_can_be_blocked(phrases_site):
+    rows = plugin_rows(specplug("plugins", "--json", path=[phrases_site], SPECPLUG_BLOCK_PLUGINS="phrases"))
     assert ("proposer", "phrases") not in rows
     assert {name for kind, name in rows if kind == "proposer"} == BUILTIN_PROPOSERS
 
 
-def test_unknown_option_is_rejected_with_the_accepted_ones(site):
+def test_unknown_option_is_rejected_with_the_accepted_ones(phrases_site):
     result = specplug("generate", "--set", "proposer.name=phrases", "--set", "proposer.min_n=2",
-                      "--prompt", PROMPT, path=[site])
+                      "--prompt", PROMPT, path=[phrases_site])
     assert result.returncode == 2
     assert "proposer 'phrases' has no option 'min_n'" in result.stderr
     assert "phrases, min_match" in result.stderr
 
 
-def test_generate_with_plugin_is_lossless_and_drafts(site, request):
-    plain = generate(site, "proposer.name=none")
+def test_generate_with_plugin_is_lossless_and_drafts(phrases_site, request):
+    plain = generate(phrases_site, "proposer.name=none")
     assert plain["stats"]["draft_tokens"] == 0
     # A phrase the model does go on to write: the text of generated tokens 2..19 (the proposer
     # tokenizes it again). Once the output reaches its first tokens, the rest of it is drafted.
@@ -103,7 +98,7 @@ def test_generate_with_plugin_is_lossless_and_drafts(site, request):
     assert len(ids) == 24, plain
     phrase = decode(ids[2:20])
     assert phrase.strip(), ids
-    spec = generate(site, "proposer.name=phrases", "proposer.phrases=" + json.dumps([phrase]))
+    spec = generate(phrases_site, "proposer.name=phrases", "proposer.phrases=" + json.dumps([phrase]))
     if spec["token_ids"] != plain["token_ids"]:  # greedy verification is lossless, up to a genuine near tie
         check = request.getfixturevalue("assert_same_greedy")
         check(tokenizer().encode(PROMPT), plain["token_ids"], spec["token_ids"], "phrases vs none")
@@ -128,8 +123,8 @@ def decode(token_ids: list[int]) -> str:
     return tokenizer().decode(token_ids)
 
 
-def test_broken_plugin_warns_once_and_the_rest_still_load(site, broken_site):
-    result = specplug("plugins", path=[broken_site, site])
+def test_broken_plugin_warns_once_and_the_rest_still_load(phrases_site, broken_site):
+    result = specplug("plugins", path=[broken_site, phrases_site])
     assert result.returncode == 0, result.stderr
     listed = {tuple(line.split()[:2]) for line in result.stdout.splitlines()[1:]}
     expected = {("proposer", n) for n in BUILTIN_PROPOSERS | {"phrases"}}
