@@ -157,10 +157,12 @@ def test_a_broken_new_config_is_rejected_and_the_old_proposer_keeps_running(prop
     ({"num_speculative_tokens": 5}, "num_speculative_tokens is 5, above vLLM's"),
     ({"proposer": {"name": "draft_model", "model": "/nonexistent/draft"}}, "specplug make-draft"),
 ])
-def test_a_bad_config_at_start_names_the_problem(vllm_config, tmp_path, monkeypatch, config, message):
+def test_a_bad_config_at_start_names_the_problem(vllm_config, tmp_path, monkeypatch, caplog, config, message):
     monkeypatch.setenv("SPECPLUG_CONFIG", write_config(tmp_path / "bad.yaml", **config))
     with pytest.raises(SpecplugError, match=message.replace("(", r"\(").replace(")", r"\)")):
         Proposer(vllm_config)
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].startswith("specplug: cannot start: ") and message in errors[0]
 
 
 def test_version_range_is_checked_with_a_clear_message():

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from specplug.errors import SpecplugError
 from specplug.metadata import DraftRequest, VerifyOutcome
 from specplug.proposers.base import check_drafts, next_draft_length
 from specplug_vllm.plugin import check_vllm_version, installed_vllm_version
@@ -31,12 +32,17 @@ CONFIG_ENV = "SPECPLUG_CONFIG"
 
 class Proposer:
     def __init__(self, vllm_config):
-        check_vllm_version(installed_vllm_version())
-        self.shape = EngineShape.from_vllm(vllm_config)
-        self.builder = StrategyBuilder(self.shape)
         self.config_path = os.environ.get(CONFIG_ENV) or None
-        self.watcher = ConfigWatcher(self.config_path) if self.config_path else None
-        self.strategy: Strategy = self.builder.build(self.config_path)
+        self.watcher = ConfigWatcher(self.config_path) if self.config_path else None  # before it is read
+        try:
+            check_vllm_version(installed_vllm_version())
+            self.shape = EngineShape.from_vllm(vllm_config)
+            self.builder = StrategyBuilder(self.shape)
+            self.strategy: Strategy = self.builder.build(self.config_path)
+        except SpecplugError as error:
+            # vLLM re-raises this wrapped in its own traceback: say it once, plainly, in the log first
+            logger.error("specplug: cannot start: %s", error)
+            raise
         self.rows = RowTracker()
         self.stats = AdapterStats()
         self.stats.start(self.strategy.name, self.strategy.source, self.strategy.k)
