@@ -12,37 +12,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 
-import torch
-
-from specplug.bench import _engine_run, machine_description
+from specplug.bench import _engine_run, forward_ms, machine_description
 from specplug.config import load_config
 from specplug.llm import LLM
 from specplug.prompts import read_prompts_file
-
-
-def forward_ms(model, plan, context: int = 300, repeats: int = 20) -> float:
-    """Median time of a one-token forward at ``context`` tokens, with ``plan`` (None: all layers)."""
-    cache = model.new_cache(1, context + 2)
-    ids = torch.zeros((1, 1), dtype=torch.long)
-    position = torch.tensor([[context]])
-    times = []
-    with torch.inference_mode():
-        for i in range(repeats + 3):
-            start = time.perf_counter()
-            model(ids, position, cache, slice(0, 1), plan=plan)
-            if i >= 3:
-                times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
 
 
 def cost_ratio(llm: LLM) -> float | None:
     drafter = getattr(llm.proposer, "model", None)
     if drafter is None:
         return None
-    return forward_ms(drafter, llm.proposer.plan) / forward_ms(llm.model, None)
+    return forward_ms(drafter, plan=llm.proposer.plan) / forward_ms(llm.model)
 
 
 def main() -> None:

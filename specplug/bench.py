@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import time
 from datetime import date
 from typing import IO, Any
@@ -102,6 +103,22 @@ def machine_description() -> str:
     except (OSError, StopIteration):
         pass
     return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+@torch.inference_mode()
+def forward_ms(model, width: int = 1, context: int = 300, repeats: int = 20, plan=None) -> float:
+    """Median time (ms) of one forward of ``width`` tokens (batch 1, logits at every position) after
+    ``context`` cached tokens, as a decode step (width 1) or a verify pass (width k + 1) runs it."""
+    cache = model.new_cache(1, context + width + 1)
+    ids = torch.zeros((1, width), dtype=torch.long, device=model.device)
+    positions = context + torch.arange(width, device=model.device)[None]
+    times = []
+    for i in range(repeats + 3):
+        start = time.perf_counter()
+        model(ids, positions, cache, slice(0, 1), plan=plan)
+        if i >= 3:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
 
 
 def measure(llm: LLM, prompts: list[list[int]], max_new_tokens: int) -> dict[str, float]:
