@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from specplug.bench import forward_ms, machine_description
 from specplug.config import load_config
-from specplug.engine import model as engine_model
+from specplug.models import llama as engine_model
 from specplug.llm import LLM
 
 WIDTHS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 16]

@@ -117,7 +117,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from specplug.bench import machine_description
-    from specplug.engine.loader import load_tokenizer, resolve_model
+    from specplug.models.loader import load_tokenizer, resolve_model
     from specplug.prompts import encode_prompt, read_prompts_file
 
     model_dir = resolve_model("smollm2-135m")

@@ -16,7 +16,7 @@ from typing import IO, Any
 import torch
 
 from specplug.config import Config
-from specplug.engine.loader import load_hf_model, parse_dtype
+from specplug.models.loader import load_hf_model, parse_dtype
 from specplug.llm import LLM
 from specplug.prompts import Prompt
 

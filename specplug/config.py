@@ -18,6 +18,8 @@ from specplug.errors import ConfigError, closest
 from specplug.metadata import SamplingParams
 
 MAX_SPECULATIVE_TOKENS = 64
+# how the embedded engine computes its linear layers (specplug/models/kernels.py): auto = measured
+LINEAR_KERNELS = ("auto", "linear", "w_x", "x_wt")
 
 DEFAULTS: dict[str, Any] = {
     "model": "smollm2-135m",  # HF directory, .gguf file, or alias
@@ -32,6 +34,8 @@ DEFAULTS: dict[str, Any] = {
     "max_new_tokens": 256,
     "stop": [],
     "threads": None,  # torch CPU threads; None = torch's default
+    "linear_kernel": "auto",  # auto (fastest measured on this machine, cached), linear, w_x or x_wt
+    "enforce_eager": False,  # true: never capture CUDA graphs (as in vLLM); CPU steps are always eager
 }
 
 
@@ -55,6 +59,8 @@ class Config:
     max_new_tokens: int
     stop: tuple[str, ...]
     threads: int | None
+    linear_kernel: str = "auto"
+    enforce_eager: bool = False
     source: str = "defaults"  # where it came from, for messages
 
     @property
@@ -73,7 +79,8 @@ def config_to_dict(config: Config) -> dict[str, Any]:
         "sampling": {"temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p,
                      "seed": sampling.seed},
         "max_model_len": config.max_model_len, "max_new_tokens": config.max_new_tokens,
-        "stop": list(config.stop), "threads": config.threads,
+        "stop": list(config.stop), "threads": config.threads, "linear_kernel": config.linear_kernel,
+        "enforce_eager": config.enforce_eager,
     }
 
 
@@ -180,8 +187,11 @@ def validate(data: dict[str, Any], source: str = "defaults") -> Config:
              f"sampling.seed must be an integer or null (got {sampling['seed']!r})")
     for key in ("max_model_len", "max_new_tokens"):
         _require(_integer(data[key]) and data[key] >= 1, f"{key} must be an integer >= 1 (got {data[key]!r})")
-    _require(isinstance(data["adaptive_k"], bool),
-             f"adaptive_k must be true or false (got {data['adaptive_k']!r})")
+    for key in ("adaptive_k", "enforce_eager"):
+        _require(isinstance(data[key], bool), f"{key} must be true or false (got {data[key]!r})")
+    _require(data["linear_kernel"] in LINEAR_KERNELS,
+             f"linear_kernel must be one of {', '.join(LINEAR_KERNELS)} (got {data['linear_kernel']!r}); "
+             "auto measures the fastest on this machine")
     _require(data["threads"] is None or (_integer(data["threads"]) and data["threads"] >= 1),
              f"threads must be an integer >= 1 or null (got {data['threads']!r})")
     stop = data["stop"]
@@ -196,5 +206,6 @@ def validate(data: dict[str, Any], source: str = "defaults") -> Config:
         proposer=_choice(data, "proposer"), verifier=_choice(data, "verifier"),
         sampling=SamplingParams(float(temperature), sampling["top_k"], float(top_p), sampling["seed"]),
         max_model_len=data["max_model_len"], max_new_tokens=data["max_new_tokens"], stop=tuple(stop),
-        threads=data["threads"], source=source,
+        threads=data["threads"], linear_kernel=data["linear_kernel"], enforce_eager=data["enforce_eager"],
+        source=source,
     )

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from transformers import AutoConfig
 
 from specplug.config import Config, PluginChoice
-from specplug.engine.loader import load_hf_model, load_tokenizer, resolve_model
+from specplug.models.loader import load_hf_model, load_tokenizer, resolve_model
 from specplug.errors import SpecplugError
 from specplug.llm import LLM
 from specplug.metadata import SamplingParams

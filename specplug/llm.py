@@ -13,8 +13,8 @@ import torch
 
 from specplug.config import Config, PluginChoice, load_config
 from specplug.engine.engine import Engine, Request, Row, StepOutput
-from specplug.engine.loader import load_hf_model, load_tokenizer, parse_device, parse_dtype, resolve_model
-from specplug.engine.model import CompactLlama
+from specplug.models.loader import (compact_from_hf, load_hf_model, load_tokenizer, parse_device, parse_dtype,
+                                    resolve_model)
 from specplug.metadata import ProposerContext, SamplingParams
 from specplug.plugins import load_registry
 from specplug.prompts import Prompt, encode_prompt
@@ -51,7 +51,7 @@ class LLM:
         self.tokenizer = load_tokenizer(self.model_dir)
         hf_model = load_hf_model(self.model_dir, dtype)
         self.eos_token_ids = eos_ids(hf_model, self.tokenizer)
-        self.model = CompactLlama.from_hf(hf_model, dtype, device)
+        self.model = compact_from_hf(hf_model, dtype, device, self.config.linear_kernel)
         del hf_model
         self.max_batch_size = max_batch_size
         self._build_engine()
@@ -60,13 +60,13 @@ class LLM:
         config = self.config
         context = ProposerContext(config.num_speculative_tokens, self.model.shape.vocab_size,
                                   self.model.device, self.max_batch_size, config.max_model_len,
-                                  self.tokenizer, self.model)
+                                  self.tokenizer, self.model, config.enforce_eager)
         self.proposer = self.registry.create("proposer", config.proposer.name, context,
                                              options=config.proposer.options)
         self.verifier = self.registry.create("verifier", config.verifier.name, options=config.verifier.options)
         self.engine = Engine(self.model, self.tokenizer, self.proposer, self.verifier,
                              config.num_speculative_tokens, self.max_batch_size, config.max_model_len,
-                             config.seed, self.eos_token_ids, config.adaptive_k)
+                             config.seed, self.eos_token_ids, config.adaptive_k, config.enforce_eager)
 
     def variant(self, proposer: str | None = None, num_speculative_tokens: int | None = None,
                 max_batch_size: int | None = None, sampling: SamplingParams | None = None,

@@ -86,6 +86,7 @@ class ProposerContext:
     max_model_len: int = 2048  # the most tokens a row may hold
     tokenizer: object | None = None  # a transformers tokenizer, when the engine has one
     target: object | None = None  # the engine's target model, for proposers that share its weights
+    enforce_eager: bool = False  # model drafters: never capture CUDA graphs of their steps
     # how an adapter whose engine keeps its weights out of reach loads a copy of the target on demand
     load_target: Callable[[], object] | None = field(default=None, repr=False)
 

@@ -35,7 +35,7 @@ def llm():
 
 @pytest.fixture(scope="session")
 def hf_model(llm):
-    from specplug.engine.loader import load_hf_model
+    from specplug.models.loader import load_hf_model
 
     return load_hf_model(llm.model_dir, torch.float32)
 

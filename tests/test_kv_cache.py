@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from specplug.engine.kv_cache import StaticKVCache
+from specplug.models.kv_cache import StaticKVCache
 
 
 def test_gqa_layout_write_read_rollback_and_move():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from specplug.engine.loader import alias_gguf, load_hf_model, parse_device, parse_dtype, resolve_model
-from specplug.engine.model import CompactLlama, check_supported
+from specplug.models.loader import alias_gguf, load_hf_model, parse_device, parse_dtype, resolve_model
+from specplug.models.llama import CompactLlama, check_supported
 from specplug.errors import SpecplugError
 
 

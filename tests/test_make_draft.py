@@ -56,7 +56,7 @@ def test_draft_with_a_subset_copies_those_layers(hf_model):
 
 
 def test_distillation_lowers_kl_writes_a_loadable_draft_and_resumes(tmp_path, hf_model):
-    from specplug.engine.loader import load_hf_model
+    from specplug.models.loader import load_hf_model
 
     config = load_config(None, ["proposer.name=none"])
     out = tmp_path / "draft"

@@ -119,7 +119,7 @@ def test_draft_model_errors(llm, tmp_path, draft_dir):
 
 
 def _hf(llm):
-    from specplug.engine.loader import load_hf_model
+    from specplug.models.loader import load_hf_model
 
     return load_hf_model(llm.model_dir, torch.float32)
 

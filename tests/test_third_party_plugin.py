@@ -114,7 +114,7 @@ def tokenizer():
     from transformers import AutoTokenizer
 
     from specplug.config import DEFAULTS
-    from specplug.engine.loader import resolve_model
+    from specplug.models.loader import resolve_model
 
     return AutoTokenizer.from_pretrained(resolve_model(DEFAULTS["model"]))
 

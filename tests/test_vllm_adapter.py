@@ -15,7 +15,7 @@ import yaml
 
 pytest.importorskip("vllm")
 
-from specplug.engine.loader import resolve_model  # noqa: E402
+from specplug.models.loader import resolve_model  # noqa: E402
 from specplug.errors import SpecplugError  # noqa: E402
 from specplug.metadata import DraftRequest  # noqa: E402
 from specplug.proposers.ngram import NgramProposer  # noqa: E402

@@ -22,7 +22,7 @@ vllm = pytest.importorskip("vllm")
 
 from specplug import distill  # noqa: E402
 from specplug.config import load_config  # noqa: E402
-from specplug.engine.loader import load_tokenizer, resolve_model  # noqa: E402
+from specplug.models.loader import load_tokenizer, resolve_model  # noqa: E402
 from specplug.prompts import encode_prompt, read_prompts_file  # noqa: E402
 
 pytestmark = pytest.mark.slow

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from specplug.config import Config, load_config
-from specplug.engine.loader import load_compact_model, load_tokenizer, parse_dtype
-from specplug.engine.model import CompactLlama
+from specplug.models.loader import load_compact_model, load_tokenizer, parse_dtype
+from specplug.models.llama import CompactLlama
 from specplug.errors import ConfigError
 from specplug.metadata import ProposerContext
 from specplug.proposers.base import Proposer as SpecplugProposer

@@ -1,1 +1,1 @@
-"""The embedded reference engine: a compact PyTorch Llama forward with a static GQA KV cache."""
+"""The embedded engine's decode loop (rows joining and leaving, propose / verify / accept / roll back)."""

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from specplug.engine.model import CompactLlama
+from specplug.models.llama import CompactLlama
+from specplug.models.runner import StepRunner
 from specplug.engine.stopping import StopChecker
 from specplug.errors import SpecplugError
 from specplug.metadata import Draft, DraftRequest, SamplingParams, VerifyInput, VerifyOutcome
@@ -74,13 +75,17 @@ class StepOutput:
 class Engine:
     def __init__(self, model: CompactLlama, tokenizer, proposer: Proposer, verifier: Verifier,
                  num_speculative_tokens: int, max_batch_size: int = 1, max_model_len: int = 2048,
-                 seed: int | None = 0, eos_token_ids: Sequence[int] = (), adaptive_k: bool = False):
+                 seed: int | None = 0, eos_token_ids: Sequence[int] = (), adaptive_k: bool = False,
+                 enforce_eager: bool = False, padded_steps: bool | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.proposer, self.verifier = proposer, verifier
         self.k, self.adaptive_k = num_speculative_tokens, adaptive_k
+        self.max_batch_size = max_batch_size
         self.max_model_len = min(max_model_len, model.shape.max_positions - num_speculative_tokens)
-        # k spare positions: right-padding of a row near the end never lands on a real position
-        self.cache = model.new_cache(max_batch_size, self.max_model_len + num_speculative_tokens)
+        # spare slots and positions: padded rows and right-padded widths never land on a real entry
+        self.runner = StepRunner.create(model, max_batch_size, num_speculative_tokens + 1, self.max_model_len,
+                                        enforce_eager=enforce_eager, padded=padded_steps)
+        self.cache = self.runner.cache
         self.generator = make_generator(seed, model.device)
         self.eos_token_ids = frozenset(eos_token_ids)
         self.waiting: deque[Request] = deque()
@@ -120,7 +125,7 @@ class Engine:
         """Speculative step for the running rows, then prefill of newly admitted ones."""
         outputs = self._speculative_step(self.rows) if self.rows else []
         admitted = []
-        while self.waiting and len(self.rows) + len(admitted) < self.cache.slots:
+        while self.waiting and len(self.rows) + len(admitted) < self.max_batch_size:
             admitted.append(self.waiting.popleft())
         if admitted:
             outputs += self._prefill(admitted)
@@ -142,7 +147,7 @@ class Engine:
         input_ids = torch.tensor([p + [0] * (longest - len(p)) for p in prompts], device=self.model.device)
         positions = torch.arange(longest, device=input_ids.device).expand(len(rows), -1)
         last = torch.tensor([[len(p) - 1] for p in prompts], device=input_ids.device)
-        logits = self.model(input_ids, positions, self.cache, slice(first, first + len(rows)), last)
+        logits = self.model(input_ids, positions, self.cache, slice(first, first + len(rows)), last, upto=longest)
         for row, prompt in zip(rows, prompts):
             self.cache.lengths[row.slot] = len(prompt)
         return self._accept(rows, [Draft([]) for _ in rows], logits, prefill=True)
@@ -151,14 +156,8 @@ class Engine:
         requests = [self._draft_request(row) for row in rows]
         drafts = self.proposer.propose(requests)
         check_drafts(self.proposer, requests, drafts, self.model.shape.vocab_size)
-        width = 1 + max(len(d.token_ids) for d in drafts)
-        device = self.model.device
-        input_ids = torch.tensor(
-            [[row.token_ids[-1], *d.token_ids] + [0] * (width - 1 - len(d.token_ids))
-             for row, d in zip(rows, drafts)], device=device)
-        starts = torch.tensor([self.cache.lengths[row.slot] for row in rows], device=device)
-        positions = starts[:, None] + torch.arange(width, device=device)
-        logits = self.model(input_ids, positions, self.cache, slice(0, len(rows)))
+        logits = self.runner.run([[row.token_ids[-1], *d.token_ids] for row, d in zip(rows, drafts)],
+                                 [self.cache.lengths[row.slot] for row in rows])
         return self._accept(rows, drafts, logits, prefill=False)
 
     def _draft_request(self, row: Row) -> DraftRequest:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from specplug.engine.loader import load_compact_model, load_tokenizer, parse_dtype
-from specplug.engine.model import CompactLlama
+from specplug.models.loader import load_compact_model, load_tokenizer, parse_dtype
+from specplug.models.llama import CompactLlama
 from specplug.errors import ConfigError
 from specplug.hookspecs import hookimpl
 from specplug.metadata import ProposerContext
@@ -56,7 +56,7 @@ def make_draft_model(context: ProposerContext, *, model: str = "", dtype: str | 
     check_confidence("draft_model", confidence_threshold)
     draft = load_draft(model, context, dtype)
     return ModelDrafter("draft_model", draft, None, context.max_batch_size, context.max_model_len,
-                        context.num_speculative_tokens, confidence_threshold)
+                        context.num_speculative_tokens, confidence_threshold, enforce_eager=context.enforce_eager)
 
 
 @hookimpl

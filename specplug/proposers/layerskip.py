@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from specplug.engine.model import CompactLlama, LayerPlan
+from specplug.models.llama import CompactLlama, LayerPlan
 from specplug.errors import ConfigError
 from specplug.hookspecs import hookimpl
 from specplug.metadata import ProposerContext
@@ -46,7 +46,7 @@ def make_layerskip(context: ProposerContext, *, skip_layers: Sequence[int] = (),
     check_confidence("layerskip", confidence_threshold)
     plan = layer_plan(target.shape.num_layers, skip_layers, skip_attention, skip_mlp, exit_layer)
     return ModelDrafter("layerskip", target, plan, context.max_batch_size, context.max_model_len,
-                        context.num_speculative_tokens, confidence_threshold)
+                        context.num_speculative_tokens, confidence_threshold, enforce_eager=context.enforce_eager)
 
 
 def check_confidence(name: str, threshold: float) -> None:

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from specplug.engine.model import CompactLlama, LayerPlan
+from specplug.models.llama import CompactLlama, LayerPlan
+from specplug.models.runner import StepRunner
 from specplug.metadata import Draft, DraftRequest
 from specplug.proposers.base import Proposer
 from specplug.sampling import make_generator, target_probs
@@ -33,10 +34,14 @@ class DraftRow:
 
 class ModelDrafter(Proposer):
     def __init__(self, name: str, model: CompactLlama, plan: LayerPlan | None, max_rows: int,
-                 max_len: int, k: int, confidence_threshold: float = 0.0, seed: int | None = 0):
+                 max_len: int, k: int, confidence_threshold: float = 0.0, seed: int | None = 0,
+                 enforce_eager: bool = False):
         self.name, self.model, self.plan = name, model, plan
         self.confidence_threshold = confidence_threshold
-        self.cache = model.new_cache(max_rows, max_len + k + 1)
+        self.max_rows = max_rows
+        # catch-up feeds up to k + 1 tokens (the last accepted draft and the bonus token, or more)
+        self.runner = StepRunner.create(model, max_rows, k + 1, max_len + 1, plan, enforce_eager)
+        self.cache = self.runner.cache
         self.rows: list[DraftRow] = []  # rows[i] lives in cache slot i
         self.by_id: dict[Hashable, DraftRow] = {}
         self.generator = make_generator(seed, model.device)
@@ -71,8 +76,8 @@ class ModelDrafter(Proposer):
     def _row(self, request: DraftRequest) -> DraftRow:
         row = self.by_id.get(request.seq_id)
         if row is None:
-            if len(self.rows) == self.cache.slots:
-                raise RuntimeError(f"proposer '{self.name}' holds {self.cache.slots} rows already; "
+            if len(self.rows) == self.max_rows:
+                raise RuntimeError(f"proposer '{self.name}' holds {self.max_rows} rows already; "
                                    "rows must be released when they finish")
             row = DraftRow(request.seq_id, len(self.rows))
             self.rows.append(row)
@@ -96,22 +101,16 @@ class ModelDrafter(Proposer):
         return self._forward(rows, chunks)
 
     def _forward(self, rows: list[DraftRow], chunks: list[list[int]]) -> torch.Tensor:
-        """Feed ``chunks`` to ``rows`` in one forward over every live slot: logits [len(rows), V].
+        """Feed ``chunks`` to ``rows`` in one step over every live slot: logits [len(rows), V].
 
         Slots not in ``rows`` get one dummy token past their valid length (overwritten later).
         """
-        width = max(map(len, chunks))
-        inputs = [[0] * width for _ in self.rows]
+        inputs: list[list[int]] = [[0] for _ in self.rows]
         last = [0] * len(self.rows)
         for row, chunk in zip(rows, chunks):
-            inputs[row.slot][: len(chunk)] = chunk
+            inputs[row.slot] = chunk
             last[row.slot] = len(chunk) - 1
-        device = self.model.device
-        starts = torch.tensor(self.cache.lengths[: len(self.rows)], device=device)
-        # padding (and dummy rows) lie past each row's valid length; clamped to stay inside the cache
-        positions = (starts[:, None] + torch.arange(width, device=device)).clamp(max=self.cache.max_len - 1)
-        logits = self.model(torch.tensor(inputs, device=device), positions, self.cache,
-                            slice(0, len(self.rows)), torch.tensor(last, device=device)[:, None], self.plan)
+        logits = self.runner.run(inputs, self.cache.lengths[: len(self.rows)], last)
         for row, chunk in zip(rows, chunks):
             self.cache.lengths[row.slot] += len(chunk)
         return logits[[row.slot for row in rows], 0]

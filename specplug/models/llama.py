@@ -15,32 +15,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specplug.engine.kv_cache import StaticKVCache
 from specplug.errors import SpecplugError
+from specplug.models.kernels import KernelPlan, project
+from specplug.models.kv_cache import StaticKVCache
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral")
-
-# On CPUs, MKL's skinny GEMM (activation with few rows M) is much slower as x @ W.T than as W @ x.T,
-# and the one-row GEMV is slower than a two-row GEMM (docs/benchmarks.md). Up to this many rows the
-# transposed form is used; a single row is padded to two.
-SKINNY_ROWS_MAX = 32
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x [..., in] @ weight[out, in].T, choosing the fastest formulation for the shape."""
-    rows = x.numel() // x.shape[-1]
-    if x.device.type != "cpu" or rows > SKINNY_ROWS_MAX:
-        return F.linear(x, weight)
-    flat = x.reshape(rows, x.shape[-1])
-    if rows == 1:
-        flat = torch.cat([flat, flat])
-    out = (weight @ flat.T).T[:rows].contiguous()
-    return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
 @dataclass
 class Block:
-    """One decoder layer's weights (fused)."""
+    """One decoder layer's weights (fused). Shapes are for the rows layout; the cols layout of a
+    KernelPlan stores each 2-D weight transposed ([in, out], contiguous)."""
 
     attn_norm: torch.Tensor  # [hidden]
     qkv: torch.Tensor  # [(q_heads + 2 * kv_heads) * head_dim, hidden]; Q, K rows in RoPE pair order
@@ -48,6 +33,15 @@ class Block:
     mlp_norm: torch.Tensor  # [hidden]
     gate_up: torch.Tensor  # [2 * intermediate, hidden]
     down: torch.Tensor  # [hidden, intermediate]
+
+    MATRICES = ("qkv", "out", "gate_up", "down")
+
+    def matrices(self) -> list[torch.Tensor]:
+        return [getattr(self, name) for name in self.MATRICES]
+
+    def transpose_matrices(self) -> None:
+        for name in self.MATRICES:
+            setattr(self, name, getattr(self, name).T.contiguous())
 
 
 @dataclass(frozen=True)
@@ -117,6 +111,21 @@ class CompactLlama(nn.Module):
         positions = torch.arange(shape.max_positions, dtype=torch.float32, device=inv_freq.device)
         angles = positions[:, None] * inv_freq.float()[None, :]  # [max_positions, head_dim / 2]
         self.rope = torch.polar(torch.full_like(angles, rope_scale), angles)  # complex64
+        self.use_kernels(KernelPlan.uniform("linear", "default"))
+
+    def use_kernels(self, plan: KernelPlan) -> None:
+        """Compute every linear layer as ``plan`` says (re-laying the layer weights if it asks)."""
+        current = getattr(self, "kernels", None)
+        if (current.layout if current else "rows") != plan.layout:
+            for block in self.blocks:
+                block.transpose_matrices()
+        self.kernels = plan
+        self._block_kernels, self._head_kernels = plan.table("blocks"), plan.table("head")
+
+    def layer_matrices(self) -> list[torch.Tensor]:
+        """Every decoder layer's 2-D weights in the rows layout ([out, in]; views where transposed)."""
+        flip = self.kernels.layout == "cols"
+        return [w.T if flip else w for block in self.blocks for w in block.matrices()]
 
     @property
     def dtype(self) -> torch.dtype:
@@ -173,45 +182,51 @@ class CompactLlama(nn.Module):
         rotated = pairs * self.rope[positions][:, :, None, :]
         return torch.view_as_real(rotated).flatten(-2).to(qk.dtype)
 
-    def attention_mask(self, positions: torch.Tensor, upto: int) -> torch.Tensor | None:
-        """[B, 1, T, upto] bool: query at position p sees cache positions <= p. None when all see all."""
-        if positions.shape[1] == 1 and bool((positions[:, 0] == upto - 1).all()):
-            return None
+    @staticmethod
+    def attention_mask(positions: torch.Tensor, upto: int) -> torch.Tensor:
+        """[B, 1, T, upto] bool: the query at position p sees cache positions <= p."""
         keys = torch.arange(upto, device=positions.device)
         return (keys[None, None, :] <= positions[:, :, None])[:, None]
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, cache: StaticKVCache,
                 rows: slice, logit_positions: torch.Tensor | None = None,
-                plan: LayerPlan | None = None) -> torch.Tensor:
+                plan: LayerPlan | None = None, upto: int | None = None) -> torch.Tensor:
         """Run ``input_ids`` [B, T] at ``positions`` [B, T] for cache ``rows``; write their K/V.
 
         Returns float32 logits [B, T', V] at ``logit_positions`` [B, T'] (indices into T; all if None).
         Rows of one call may sit at different positions; the caller keeps ``cache.lengths``.
         ``plan`` skips sub-layers (their cache entries are then neither read nor written).
+        ``upto`` (> every position) bounds the cache extent attended; callers that keep the lengths
+        on the host pass it, so the step reads nothing back from the device.
         """
-        upto = int(positions.max()) + 1
+        if upto is None:
+            upto = int(positions.max()) + 1
         mask = self.attention_mask(positions, upto)
         h = F.embedding(input_ids, self.embed)
         for index, block in enumerate(self.blocks):
             if plan is None or plan.attention[index]:
                 h = h + self.attention(index, block, h, positions, cache, rows, upto, mask)
             if plan is None or plan.mlp[index]:
-                gate, up = linear(self.rms_norm(h, block.mlp_norm), block.gate_up).chunk(2, dim=-1)
-                h = h + linear(F.silu(gate) * up, block.down)
+                gate, up = self.linear(self.rms_norm(h, block.mlp_norm), block.gate_up).chunk(2, dim=-1)
+                h = h + self.linear(F.silu(gate) * up, block.down)
         if logit_positions is not None:
             h = h.gather(1, logit_positions[..., None].expand(-1, -1, h.shape[-1]))
-        return linear(self.rms_norm(h, self.norm), self.lm_head).float()
+        return project(self.rms_norm(h, self.norm), self.lm_head, self._head_kernels).float()
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """x [..., in] through a decoder layer's weight, with the kernel plan's formulation."""
+        return project(x, weight, self._block_kernels)
 
     def attention(self, index: int, block: Block, h: torch.Tensor, positions: torch.Tensor,
-                  cache: StaticKVCache, rows: slice, upto: int, mask: torch.Tensor | None) -> torch.Tensor:
+                  cache: StaticKVCache, rows: slice, upto: int, mask: torch.Tensor) -> torch.Tensor:
         """Self-attention of layer ``index`` (its residual input ``h`` [B, T, hidden]); writes K/V."""
         s = self.shape
         batch, steps = h.shape[:2]
-        qkv = linear(self.rms_norm(h, block.attn_norm), block.qkv)
+        qkv = self.linear(self.rms_norm(h, block.attn_norm), block.qkv)
         qkv = qkv.view(batch, steps, s.q_heads + 2 * s.kv_heads, s.head_dim)
         qk = self.apply_rope(qkv[:, :, : s.q_heads + s.kv_heads], positions)
         q, k, v = qk[:, :, : s.q_heads], qk[:, :, s.q_heads :], qkv[:, :, s.q_heads + s.kv_heads :]
         cache.write(index, rows, positions, k, v)
         k_all, v_all = cache.read(index, rows, upto)
         attn = F.scaled_dot_product_attention(q.transpose(1, 2), k_all, v_all, attn_mask=mask, enable_gqa=True)
-        return linear(attn.transpose(1, 2).reshape(batch, steps, -1), block.out)
+        return self.linear(attn.transpose(1, 2).reshape(batch, steps, -1), block.out)

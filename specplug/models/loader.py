@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
-from specplug.engine.model import CompactLlama
 from specplug.errors import SpecplugError
+from specplug.models import kernels
+from specplug.models.llama import CompactLlama
 
 # alias -> (package that ships the file, file name inside the package, pip command that installs it)
 ALIASES = {
@@ -127,9 +128,18 @@ def load_hf_model(model_dir: Path, dtype: torch.dtype):
         hf_logging.enable_progress_bar()
 
 
-def load_compact_model(model_dir: Path, dtype: torch.dtype, device: torch.device) -> CompactLlama:
+def load_compact_model(model_dir: Path, dtype: torch.dtype, device: torch.device,
+                       linear_kernel: str = "auto") -> CompactLlama:
     """An HF directory loaded straight into the engine's layout (the HF model is not kept)."""
-    return CompactLlama.from_hf(load_hf_model(model_dir, dtype), dtype, device)
+    return compact_from_hf(load_hf_model(model_dir, dtype), dtype, device, linear_kernel)
+
+
+def compact_from_hf(hf_model, dtype: torch.dtype, device: torch.device, linear_kernel: str = "auto") -> CompactLlama:
+    """The engine's model from an HF one, computing its linear layers as ``linear_kernel`` says
+    (auto: the formulation measured fastest on this machine, cached under the cache directory)."""
+    model = CompactLlama.from_hf(hf_model, dtype, device)
+    model.use_kernels(kernels.select(linear_kernel, model.layer_matrices(), model.lm_head, cache_dir()))
+    return model
 
 
 def load_tokenizer(model_dir: Path):

@@ -1,0 +1,237 @@
+"""Which matrix-product formulation each linear layer uses: measured on this machine, not assumed.
+
+For an activation x [M, in] and a weight W [out, in], BLAS libraries pick very different kernels for
+the same product depending on how it is written and on M. Measured on two CPUs of one machine type
+(docs/benchmarks.md): on an AMD EPYC (AVX2) ``(W @ x.T).T`` streams the weights 3x faster than
+``F.linear`` for M = 2-4, while on an Intel Xeon (AVX-512, AMX) the same form is 2x slower. So the
+engine times the candidates once per machine (CPU model, torch version, threads, dtype, shapes), keeps
+the fastest per row bucket, and caches the choice on disk. ``F.linear`` stays wherever no candidate is
+measurably faster, and wherever timing is impossible (non-CPU devices, errors).
+
+Formulations (``layout`` says how the decoder layers' weights are stored):
+  linear     F.linear(x, W)              rows layout: W [out, in]
+  w_x        (W @ x.T).T                 rows layout
+  w_x_pad    one row padded to two, w_x  rows layout, M = 1 only
+  x_wt       x @ Wt                      cols layout: Wt = W.T stored contiguous [in, out]
+  wt_x       (Wt.T @ x.T).T              cols layout
+The LM head (often tied to the embedding) always keeps the rows layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROW_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32)  # M measured; between buckets the next one up rules
+MARGIN = 0.05  # a candidate replaces F.linear only when measured at least this much faster (noise)
+PLAN_VERSION = 1  # bump when candidates or the measuring method change: old cache files are ignored
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, w)
+
+
+def _w_x(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return (w @ x.T).T.contiguous()
+
+
+def _w_x_pad(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return (w @ torch.cat([x, x]).T).T[:1].contiguous()
+
+
+def _x_wt(x: torch.Tensor, wt: torch.Tensor) -> torch.Tensor:
+    return x @ wt
+
+
+def _wt_x(x: torch.Tensor, wt: torch.Tensor) -> torch.Tensor:
+    return (wt.T @ x.T).T.contiguous()
+
+
+FORMULATIONS: dict[str, tuple[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]] = {
+    "linear": ("rows", _linear), "w_x": ("rows", _w_x), "w_x_pad": ("rows", _w_x_pad),
+    "x_wt": ("cols", _x_wt), "wt_x": ("cols", _wt_x),
+}
+LARGE = {"rows": "linear", "cols": "x_wt"}  # past the last bucket
+
+
+@dataclass(frozen=True)
+class KernelPlan:
+    """The formulation per row bucket, for the decoder layers (``blocks``) and the LM head (``head``)."""
+
+    layout: str  # "rows" or "cols": how the decoder layers' weights are stored
+    blocks: tuple[str, ...]  # [len(ROW_BUCKETS)] formulation names
+    head: tuple[str, ...]  # [len(ROW_BUCKETS)] formulation names (rows layout)
+    source: str = "default"  # default, forced, measured, cached, fallback
+
+    @classmethod
+    def uniform(cls, setting: str, source: str) -> "KernelPlan":
+        """Every bucket the same: ``linear``, ``w_x`` (one row padded to two) or ``x_wt``."""
+        layout = FORMULATIONS[setting][0]
+        blocks = tuple("w_x_pad" if setting == "w_x" and m == 1 else setting for m in ROW_BUCKETS)
+        head = blocks if layout == "rows" else ("linear",) * len(ROW_BUCKETS)
+        return cls(layout, blocks, head, source)
+
+    def table(self, part: str) -> list[Callable]:
+        """Formulation per row count M = 0 .. ROW_BUCKETS[-1] + 1 (the last entry: every larger M)."""
+        names = self.blocks if part == "blocks" else self.head
+        layout = self.layout if part == "blocks" else "rows"
+        table = [FORMULATIONS[names[0]][1]]
+        for m in range(1, ROW_BUCKETS[-1] + 1):
+            bucket = next(i for i, b in enumerate(ROW_BUCKETS) if b >= m)
+            name = names[bucket]
+            table.append(FORMULATIONS["w_x" if name == "w_x_pad" and m > 1 else name][1])
+        table.append(FORMULATIONS[LARGE[layout]][1])
+        return table
+
+    def describe(self) -> str:
+        def runs(names: tuple[str, ...]) -> str:
+            parts, start = [], 0
+            for i in range(1, len(names) + 1):
+                if i == len(names) or names[i] != names[start]:
+                    lo, hi = ROW_BUCKETS[start - 1] + 1 if start else 1, ROW_BUCKETS[i - 1]
+                    parts.append(f"M={lo}{'' if lo == hi else f'-{hi}'}: {names[start]}")
+                    start = i
+            return ", ".join(parts)
+        return f"{self.source}, weights {self.layout}; layers {runs(self.blocks)}; head {runs(self.head)}"
+
+
+def project(x: torch.Tensor, weight: torch.Tensor, table: list[Callable]) -> torch.Tensor:
+    """x [..., in] times the weight (as its layout stores it), with the formulation for x's rows."""
+    rows = x.numel() // x.shape[-1]
+    apply = table[rows] if rows < len(table) else table[-1]
+    out = apply(x.reshape(rows, x.shape[-1]), weight)
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+# ---- measuring ----------------------------------------------------------------------------------
+def _time_pass(name: str, weights: Sequence[torch.Tensor], inputs: dict[int, torch.Tensor]) -> float:
+    layout, apply = FORMULATIONS[name]
+    in_dim = 1 if layout == "rows" else 0
+    start = time.perf_counter()
+    for w in weights:
+        apply(inputs[w.shape[in_dim]], w)
+    return time.perf_counter() - start
+
+
+@torch.inference_mode()
+def measure(weights: Sequence[torch.Tensor], candidates: Sequence[str], rounds: int = 3,
+            buckets: Sequence[int] = ROW_BUCKETS) -> dict[str, list[float | None]]:
+    """Median seconds of one pass over ``weights`` (rows layout, [out, in]) per candidate and bucket.
+
+    Every weight is used once per pass, so they stream from memory as in a real forward. Candidates
+    are interleaved round by round, so machine noise hits them alike. None: not a candidate there.
+    """
+    stored = {"rows": list(weights)}
+    if any(FORMULATIONS[c][0] == "cols" for c in candidates):
+        stored["cols"] = [w.T.contiguous() for w in weights]
+    results: dict[str, list[float | None]] = {c: [] for c in candidates}
+    dtype, device = weights[0].dtype, weights[0].device
+    for m in buckets:
+        inputs = {n: torch.randn(m, n, dtype=dtype, device=device) for n in {w.shape[1] for w in weights}}
+        here = [c for c in candidates if c != "w_x_pad" or m == 1]
+        samples: dict[str, list[float]] = {c: [] for c in here}
+        for round_ in range(rounds + 1):
+            for c in here:
+                seconds = _time_pass(c, stored[FORMULATIONS[c][0]], inputs)
+                if round_:  # the first round warms up
+                    samples[c].append(seconds)
+        for c in candidates:
+            results[c].append(statistics.median(samples[c]) if c in samples else None)
+    return results
+
+
+def choose(block_times: dict[str, list[float | None]], head_times: dict[str, list[float | None]],
+           source: str = "measured") -> KernelPlan:
+    """The plan from measured times: per bucket the fastest formulation that beats ``linear`` by MARGIN.
+
+    The cols layout is taken only if it is faster over all buckets together and never slower than
+    ``linear`` (beyond MARGIN) in any bucket: weights can be stored only one way.
+    """
+    def best(times: dict[str, list[float | None]], layout: str, bucket: int) -> tuple[str, float]:
+        base = "linear" if layout == "rows" else "x_wt"
+        name, seconds = base, times[base][bucket]
+        for c, per_bucket in times.items():
+            t = per_bucket[bucket]
+            if FORMULATIONS[c][0] == layout and t is not None and t < seconds * (1 - MARGIN):
+                name, seconds = c, t
+        return name, seconds
+
+    buckets = range(len(ROW_BUCKETS))
+    layout = "rows"
+    if "x_wt" in block_times:
+        rows = [best(block_times, "rows", b)[1] for b in buckets]
+        cols = [best(block_times, "cols", b)[1] for b in buckets]
+        never_worse = all(c <= block_times["linear"][b] * (1 + MARGIN) for b, c in zip(buckets, cols))
+        if never_worse and sum(cols) < sum(rows) * (1 - MARGIN):
+            layout = "cols"
+    return KernelPlan(layout, tuple(best(block_times, layout, b)[0] for b in buckets),
+                      tuple(best(head_times, "rows", b)[0] for b in buckets), source)
+
+
+# ---- choosing, with a cache on disk -------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def plan_key(block_weights: Sequence[torch.Tensor], head: torch.Tensor) -> dict:
+    """What a measured plan depends on: the machine, torch, threads, dtype and the weights' shapes."""
+    return {"version": PLAN_VERSION, "cpu": cpu_model(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "dtype": str(head.dtype),
+            "shapes": sorted({tuple(w.shape) for w in block_weights}), "head": list(head.shape)}
+
+
+def plan_path(cache_dir: Path, key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir / "kernels" / f"{digest}.json"
+
+
+def select(setting: str, block_weights: Sequence[torch.Tensor], head: torch.Tensor,
+           cache_dir: Path | None) -> KernelPlan:
+    """The plan for ``setting`` (auto: measured once per machine, then read from ``cache_dir``)."""
+    if setting != "auto":
+        return KernelPlan.uniform(setting, "forced")
+    if head.device.type != "cpu":
+        return KernelPlan.uniform("linear", "default")
+    key = plan_key(block_weights, head)
+    path = plan_path(cache_dir, key) if cache_dir is not None else None
+    if path is not None and path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+            if saved.get("key") == json.loads(json.dumps(key)):
+                plan = saved["plan"]
+                return KernelPlan(plan["layout"], tuple(plan["blocks"]), tuple(plan["head"]), "cached")
+        except (OSError, ValueError, TypeError):
+            pass  # unreadable: measure again and overwrite
+    try:
+        plan = choose(measure(block_weights, ("linear", "w_x", "w_x_pad", "x_wt", "wt_x")),
+                      measure([head], ("linear", "w_x", "w_x_pad")))
+    except RuntimeError as exc:
+        warnings.warn(f"could not time the linear kernels ({exc}); using F.linear everywhere")
+        return KernelPlan.uniform("linear", "fallback")
+    if path is not None:
+        _save(path, key, plan)
+    return plan
+
+
+def _save(path: Path, key: dict, plan: KernelPlan) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".tmp")
+        partial.write_text(json.dumps({"key": key, "plan": asdict(plan)}, indent=1))
+        partial.replace(path)
+    except OSError as exc:
+        warnings.warn(f"could not cache the kernel choice at {path} ({exc}); it will be measured again")

@@ -1,0 +1,144 @@
+"""Graph-ready forward steps: shapes from a small fixed set, static input buffers, no host reads.
+
+A decode step (T = 1), a verify pass (T = k + 1) and a model drafter's step all go through a
+``StepRunner``. It pads the batch and the width up to the next bucket, copies the host-side token ids
+and positions into static buffers kept per bucket, and takes the attended cache extent from the host's
+lengths, so nothing inside the step reads a device tensor back. On CUDA (unless ``enforce_eager``)
+each bucket's forward is captured once as a CUDA graph and replayed; where capture fails the runner
+says so once and stays eager. On a CPU the buckets are exact (padding would only add work there);
+tests run padded buckets on the CPU to prove them token-identical.
+
+Padding rows live in free cache slots (live rows are packed at the front) and padding positions lie
+past each row's valid length, both overwritten before they are ever read.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from specplug.models.kv_cache import StaticKVCache
+from specplug.models.llama import CompactLlama, LayerPlan
+
+
+def buckets(largest: int, padded: bool) -> tuple[int, ...]:
+    """Sizes up to ``largest``: every size (exact) or powers of two (padded), ending at or past it."""
+    if not padded:
+        return tuple(range(1, largest + 1))
+    sizes = [1]
+    while sizes[-1] < largest:
+        sizes.append(sizes[-1] * 2)
+    return tuple(sizes)
+
+
+def bucket_for(size: int, sizes: tuple[int, ...]) -> int | None:
+    return next((b for b in sizes if b >= size), None)
+
+
+@dataclass
+class StaticStep:
+    """One bucket's buffers: the step copies its inputs in; a captured graph reads them from there."""
+
+    input_ids: torch.Tensor  # [Bb, Tb] long
+    positions: torch.Tensor  # [Bb, Tb] long
+    last: torch.Tensor | None  # [Bb, 1] long: the one position whose logits are wanted; None = all
+    graph: torch.cuda.CUDAGraph | None = None
+    logits: torch.Tensor | None = None  # [Bb, Tb or 1, V] float32, the graph's output
+
+
+class StepRunner:
+    def __init__(self, model: CompactLlama, cache: StaticKVCache, batch_sizes: tuple[int, ...],
+                 widths: tuple[int, ...], plan: LayerPlan | None = None, graphs: bool = False):
+        if batch_sizes[-1] > cache.slots:
+            raise ValueError(f"batch bucket {batch_sizes[-1]} needs that many cache slots; cache has {cache.slots}")
+        self.model, self.cache, self.plan = model, cache, plan
+        self.batch_sizes, self.widths = batch_sizes, widths
+        self.graphs = graphs and model.device.type == "cuda"
+        self.static: dict[tuple[int, int, bool], StaticStep] = {}
+
+    @classmethod
+    def create(cls, model: CompactLlama, max_batch: int, max_width: int, max_len: int,
+               plan: LayerPlan | None = None, enforce_eager: bool = False,
+               padded: bool | None = None) -> "StepRunner":
+        """A runner with a cache of its own for ``max_batch`` rows of ``max_len`` tokens, fed up to
+        ``max_width`` tokens a step. Buckets are padded where graphs are captured (CUDA, not
+        ``enforce_eager``) and exact otherwise; ``padded`` forces one or the other. The cache gets the
+        spare slots and positions that padding writes to."""
+        graphs = model.device.type == "cuda" and not enforce_eager
+        padded = graphs if padded is None else padded
+        batch_sizes, widths = buckets(max_batch, padded), buckets(max_width, padded)
+        cache = model.new_cache(batch_sizes[-1], max_len + widths[-1] - 1)
+        return cls(model, cache, batch_sizes, widths, plan, graphs)
+
+    @torch.inference_mode()
+    def run(self, tokens: list[list[int]], starts: list[int], last: list[int] | None = None) -> torch.Tensor:
+        """Feed ``tokens[i]`` to cache slot i at positions ``starts[i]`` on (rows right-padded).
+
+        Returns float32 logits [B, T, V], T = the longest row, or [B, 1, V] at position ``last[i]`` of
+        each row when ``last`` is given. Shapes past the largest bucket run eagerly as they are.
+        """
+        batch, width = len(tokens), max(map(len, tokens))
+        padded_batch, padded_width = bucket_for(batch, self.batch_sizes), bucket_for(width, self.widths)
+        bucketed = padded_batch is not None and padded_width is not None
+        if not bucketed:
+            padded_batch, padded_width = batch, width
+        step = self._static(padded_batch, padded_width, last is not None)
+        if bucketed and self.graphs and step.graph is None:
+            self._capture(step)
+        self._fill(step, tokens, starts, last)
+        if step.graph is not None:
+            step.graph.replay()
+            logits = step.logits
+        else:
+            logits = self._forward(step, min(max(starts) + padded_width, self.cache.max_len))
+        return logits[:batch] if last is not None else logits[:batch, :width]
+
+    def _static(self, batch: int, width: int, gather: bool) -> StaticStep:
+        key = (batch, width, gather)
+        if key not in self.static:
+            device = self.model.device
+            self.static[key] = StaticStep(
+                torch.zeros((batch, width), dtype=torch.long, device=device),
+                torch.zeros((batch, width), dtype=torch.long, device=device),
+                torch.zeros((batch, 1), dtype=torch.long, device=device) if gather else None)
+        return self.static[key]
+
+    def _fill(self, step: StaticStep, tokens: list[list[int]], starts: list[int], last: list[int] | None) -> None:
+        padded_batch, padded_width = step.input_ids.shape
+        ids = torch.zeros((padded_batch, padded_width), dtype=torch.long)
+        for i, row in enumerate(tokens):
+            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        row_starts = torch.zeros(padded_batch, dtype=torch.long)
+        row_starts[: len(starts)] = torch.tensor(starts, dtype=torch.long)
+        positions = (row_starts[:, None] + torch.arange(padded_width)).clamp(max=self.cache.max_len - 1)
+        step.input_ids.copy_(ids, non_blocking=True)
+        step.positions.copy_(positions, non_blocking=True)
+        if last is not None:
+            step.last.copy_(torch.tensor(last + [0] * (padded_batch - len(last)))[:, None], non_blocking=True)
+
+    def _forward(self, step: StaticStep, upto: int) -> torch.Tensor:
+        rows = slice(0, step.input_ids.shape[0])
+        return self.model(step.input_ids, step.positions, self.cache, rows, step.last, self.plan, upto)
+
+    def _capture(self, step: StaticStep) -> None:
+        """Record the bucket's forward as a CUDA graph over the whole cache extent (static shapes).
+
+        Warm-up and capture write K/V at the cache's last positions, which hold no valid entry."""
+        tail = self.cache.max_len - step.positions.shape[1]
+        step.positions.copy_(tail + torch.arange(step.positions.shape[1], device=step.positions.device))
+        try:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    self._forward(step, self.cache.max_len)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                step.logits = self._forward(step, self.cache.max_len)
+            step.graph = graph
+        except RuntimeError as exc:  # capture unsupported here: eager from now on, said once
+            warnings.warn(f"CUDA graph capture failed ({str(exc).splitlines()[0]}); running eagerly")
+            self.graphs = False
