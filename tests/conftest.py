@@ -25,6 +25,26 @@ def plugin_manager():
 
 
 @pytest.fixture(scope="session")
+def tiny_hf():
+    """A tiny random-weights Llama (2 layers, GQA 4:2 heads, vocab 256): engine tests in seconds."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         initializer_range=0.2, tie_word_embeddings=True)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_hf):
+    """The tiny Llama in the engine's layout, float64: batch shape cannot flip a greedy choice."""
+    from specplug.models.llama import CompactLlama
+
+    return CompactLlama.from_hf(tiny_hf, torch.float64, torch.device("cpu"))
+
+
+@pytest.fixture(scope="session")
 def llm():
     """The real default model (SmolLM2-135M, fp32, CPU) in the embedded engine, up to 4 rows."""
     from specplug.llm import LLM

@@ -1,0 +1,110 @@
+"""The measured choice of linear-layer formulation: every candidate computes the same product, the
+choice follows the timings (never trading F.linear for a formulation that is not measurably faster),
+is cached per machine, and falls back to F.linear where timing fails."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from specplug.config import LINEAR_KERNELS
+from specplug.models import kernels
+from specplug.models.kernels import FORMULATIONS, ROW_BUCKETS, KernelPlan
+
+
+def test_every_formulation_and_setting_computes_the_same_product():
+    torch.manual_seed(0)
+    weight = torch.randn(48, 32, dtype=torch.float64)
+    for setting in LINEAR_KERNELS[1:]:
+        plan = KernelPlan.uniform(setting, "forced")
+        stored = weight.T.contiguous() if plan.layout == "cols" else weight
+        table = plan.table("blocks")
+        for rows in range(1, ROW_BUCKETS[-1] + 6):
+            x = torch.randn(1, rows, 32, dtype=torch.float64)
+            out = kernels.project(x, stored, table)
+            assert out.shape == (1, rows, 48)
+            torch.testing.assert_close(out, torch.nn.functional.linear(x, weight), msg=f"{setting} M={rows}")
+
+
+def _times(**per_name):
+    """Synthetic timings: name -> one value for every bucket (None where not a candidate)."""
+    return {name: [value if name != "w_x_pad" or b == 1 else None for b in ROW_BUCKETS]
+            for name, value in per_name.items()}
+
+
+def test_choice_takes_the_fastest_only_when_it_beats_linear_beyond_noise():
+    head = _times(linear=1.0, w_x=0.5, w_x_pad=0.4)
+    plan = kernels.choose(_times(linear=1.0, w_x=0.97, w_x_pad=2.0, x_wt=1.0, wt_x=1.0), head)
+    assert plan.layout == "rows" and set(plan.blocks) == {"linear"}  # 3% faster is noise
+    assert plan.head == ("w_x_pad",) + ("w_x",) * (len(ROW_BUCKETS) - 1)
+
+
+def test_cols_layout_only_when_faster_overall_and_never_slower_than_linear():
+    head = _times(linear=1.0, w_x=1.0, w_x_pad=1.0)
+    plan = kernels.choose(_times(linear=1.0, w_x=1.0, w_x_pad=1.0, x_wt=0.5, wt_x=0.6), head)
+    assert plan.layout == "cols" and set(plan.blocks) == {"x_wt"}
+    blocks = _times(linear=1.0, w_x=1.0, w_x_pad=1.0, x_wt=0.5, wt_x=0.6)
+    blocks["x_wt"][3] = blocks["wt_x"][3] = 1.5  # much slower than F.linear in one bucket
+    assert kernels.choose(blocks, head).layout == "rows"
+
+
+def test_measured_plan_is_cached_per_machine_and_read_back(tiny_model, tmp_path, monkeypatch):
+    weights = tiny_model.layer_matrices()
+    first = kernels.select("auto", weights, tiny_model.lm_head, tmp_path)
+    assert first.source == "measured"
+    files = list((tmp_path / "kernels").glob("*.json"))
+    assert len(files) == 1
+    saved = json.loads(files[0].read_text())
+    assert saved["key"]["cpu"] == kernels.cpu_model() and saved["key"]["torch"] == torch.__version__
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("a cached plan must not be measured again")
+
+    monkeypatch.setattr(kernels, "measure", no_timing)
+    again = kernels.select("auto", weights, tiny_model.lm_head, tmp_path)
+    assert again.source == "cached" and (again.layout, again.blocks, again.head) == (first.layout, first.blocks, first.head)
+
+
+def test_a_stale_or_broken_cache_file_is_measured_again(tiny_model, tmp_path):
+    weights = tiny_model.layer_matrices()
+    kernels.select("auto", weights, tiny_model.lm_head, tmp_path)
+    path = next((tmp_path / "kernels").glob("*.json"))
+    saved = json.loads(path.read_text())
+    saved["key"]["cpu"] = "another CPU"
+    path.write_text(json.dumps(saved))
+    assert kernels.select("auto", weights, tiny_model.lm_head, tmp_path).source == "measured"
+    path.write_text("{not json")
+    assert kernels.select("auto", weights, tiny_model.lm_head, tmp_path).source == "measured"
+
+
+def test_falls_back_to_f_linear_when_timing_fails(tiny_model, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no timer here")
+
+    monkeypatch.setattr(kernels, "measure", broken)
+    with pytest.warns(UserWarning, match="using F.linear everywhere"):
+        plan = kernels.select("auto", tiny_model.layer_matrices(), tiny_model.lm_head, tmp_path)
+    assert plan.source == "fallback" and set(plan.blocks) == set(plan.head) == {"linear"}
+    assert not (tmp_path / "kernels").exists()  # a fallback is not cached
+
+
+@pytest.mark.parametrize("setting", LINEAR_KERNELS[1:])
+def test_forced_setting_is_not_measured(tiny_model, tmp_path, setting):
+    plan = kernels.select(setting, tiny_model.layer_matrices(), tiny_model.lm_head, tmp_path)
+    assert plan.source == "forced" and plan == KernelPlan.uniform(setting, "forced")
+    assert not (tmp_path / "kernels").exists()
+    assert all(name in FORMULATIONS for name in plan.blocks + plan.head)
+
+
+def test_relaid_weights_give_the_same_logits(tiny_hf):
+    from specplug.models.llama import CompactLlama
+
+    model = CompactLlama.from_hf(tiny_hf, torch.float64, torch.device("cpu"))
+    ids = torch.tensor([[5, 17, 3, 99, 42]])
+    positions = torch.arange(5)[None]
+    reference = model(ids, positions, model.new_cache(1, 8), slice(0, 1))
+    for setting in ("x_wt", "w_x", "linear"):  # rows -> cols -> rows again
+        model.use_kernels(KernelPlan.uniform(setting, "forced"))
+        torch.testing.assert_close(model(ids, positions, model.new_cache(1, 8), slice(0, 1)), reference)
