@@ -14,7 +14,8 @@ import argparse
 import json
 import time
 
-from specplug.bench import _engine_run, forward_ms, machine_description
+from specplug.bench import _engine_run, machine_description
+from specplug.models.costs import forward_ms
 from specplug.config import load_config
 from specplug.llm import LLM
 from specplug.prompts import read_prompts_file

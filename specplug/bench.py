@@ -7,8 +7,6 @@ after a short warm-up of each. Greedy outputs are compared token for token.
 from __future__ import annotations
 
 import os
-import platform
-import statistics
 import time
 from datetime import date
 from typing import IO, Any
@@ -16,6 +14,8 @@ from typing import IO, Any
 import torch
 
 from specplug.config import Config
+from specplug.models.costs import bandwidth_limit_tps, cost_by_width
+from specplug.models.kernels import cpu_model
 from specplug.models.loader import load_hf_model, parse_dtype
 from specplug.llm import LLM
 from specplug.prompts import Prompt
@@ -68,6 +68,9 @@ def run_bench(config: Config, prompts: list[Prompt], max_new_tokens: int | None 
     }
     for run in methods.values():  # warm-up
         run(encoded[0][:64])
+    machine = {"kernels": spec.model.kernels.describe(),
+               "forward_ms_by_width": cost_by_width(spec.model, range(1, config.num_speculative_tokens + 2)),
+               "bandwidth_limit_tps": round(bandwidth_limit_tps(spec.model), 1)}
     totals = {name: {"tokens": 0, "seconds": 0.0, "draft_tokens": 0, "accepted_tokens": 0, "steps": 0}
               for name in methods}
     per_prompt = []
@@ -92,33 +95,11 @@ def run_bench(config: Config, prompts: list[Prompt], max_new_tokens: int | None 
                            "mismatches": {n: m for n, m in mismatches.items() if m}})
         if progress:
             print(f"prompt {index + 1}/{len(encoded)} done", file=progress, flush=True)
-    return _summarise(config, totals, per_prompt, greedy, max_new)
+    return {**_summarise(config, totals, per_prompt, greedy, max_new), **machine}
 
 
 def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
-
-
-@torch.inference_mode()
-def forward_ms(model, width: int = 1, context: int = 300, repeats: int = 20, plan=None) -> float:
-    """Median time (ms) of one forward of ``width`` tokens (batch 1, logits at every position) after
-    ``context`` cached tokens, as a decode step (width 1) or a verify pass (width k + 1) runs it."""
-    cache = model.new_cache(1, context + width + 1)
-    ids = torch.zeros((1, width), dtype=torch.long, device=model.device)
-    positions = context + torch.arange(width, device=model.device)[None]
-    times = []
-    for i in range(repeats + 3):
-        start = time.perf_counter()
-        model(ids, positions, cache, slice(0, 1), plan=plan)
-        if i >= 3:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+    return f"{cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
 def measure(llm: LLM, prompts: list[list[int]], max_new_tokens: int) -> dict[str, float]:
@@ -149,6 +130,7 @@ def _summarise(config: Config, totals: dict, per_prompt: list, greedy: bool, max
         rows.append({
             "method": name, "tokens": t["tokens"], "seconds": round(t["seconds"], 3),
             "tokens_per_second": round(tps, 2), "speedup_vs_hf": round(tps / hf_tps, 3),
+            "speedup_vs_plain": round(tps * totals["plain"]["seconds"] / totals["plain"]["tokens"], 3),
             "acceptance_rate": round(t["accepted_tokens"] / t["draft_tokens"], 3) if t["draft_tokens"] else None,
             "mean_accepted_per_step": round(t["accepted_tokens"] / t["steps"], 3) if t["steps"] else None,
         })
@@ -165,15 +147,20 @@ def _summarise(config: Config, totals: dict, per_prompt: list, greedy: bool, max
 
 
 def format_table(result: dict[str, Any]) -> str:
+    costs = result["forward_ms_by_width"]
     lines = [f"{result['date']}  {result['machine']}  torch {result['torch']}  model {result['model']} "
              f"({result['dtype']})  k={result['num_speculative_tokens']}  prompts={result['prompts']}  "
              f"max_new_tokens={result['max_new_tokens']}",
-             f"{'method':<14} {'tokens':>7} {'seconds':>8} {'tok/s':>7} {'vs HF':>6} {'accept':>7} {'acc/step':>8}"]
+             f"kernels: {result['kernels']}",
+             "forward ms by width: " + ", ".join(f"T={w}: {ms:.1f}" for w, ms in costs.items())
+             + f"; memory-bandwidth limit of plain decoding: {result['bandwidth_limit_tps']:.1f} tok/s",
+             f"{'method':<14} {'tokens':>7} {'seconds':>8} {'tok/s':>7} {'vs HF':>6} {'vs plain':>8} "
+             f"{'accept':>7} {'acc/step':>8}"]
     for r in result["results"]:
         acc = f"{r['acceptance_rate']:.0%}" if r["acceptance_rate"] is not None else "-"
         per = f"{r['mean_accepted_per_step']:.2f}" if r["mean_accepted_per_step"] is not None else "-"
         lines.append(f"{r['method']:<14} {r['tokens']:>7} {r['seconds']:>8.2f} {r['tokens_per_second']:>7.1f} "
-                     f"{r['speedup_vs_hf']:>5.2f}x {acc:>7} {per:>8}")
+                     f"{r['speedup_vs_hf']:>5.2f}x {r['speedup_vs_plain']:>7.2f}x {acc:>7} {per:>8}")
     if not result["greedy"]:
         lines.append("outputs: not compared (sampling; the statistical tests cover losslessness)")
     else:

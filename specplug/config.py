@@ -36,6 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "threads": None,  # torch CPU threads; None = torch's default
     "linear_kernel": "auto",  # auto (fastest measured on this machine, cached), linear, w_x or x_wt
     "enforce_eager": False,  # true: never capture CUDA graphs (as in vLLM); CPU steps are always eager
+    "compile": "auto",  # torch.compile the decode/verify steps: auto (= off: see docs/benchmarks.md), on, off
 }
 
 
@@ -61,6 +62,7 @@ class Config:
     threads: int | None
     linear_kernel: str = "auto"
     enforce_eager: bool = False
+    compile: str = "auto"
     source: str = "defaults"  # where it came from, for messages
 
     @property
@@ -80,7 +82,7 @@ def config_to_dict(config: Config) -> dict[str, Any]:
                      "seed": sampling.seed},
         "max_model_len": config.max_model_len, "max_new_tokens": config.max_new_tokens,
         "stop": list(config.stop), "threads": config.threads, "linear_kernel": config.linear_kernel,
-        "enforce_eager": config.enforce_eager,
+        "enforce_eager": config.enforce_eager, "compile": config.compile,
     }
 
 
@@ -192,6 +194,10 @@ def validate(data: dict[str, Any], source: str = "defaults") -> Config:
     _require(data["linear_kernel"] in LINEAR_KERNELS,
              f"linear_kernel must be one of {', '.join(LINEAR_KERNELS)} (got {data['linear_kernel']!r}); "
              "auto measures the fastest on this machine")
+    if isinstance(data["compile"], bool):  # YAML reads a bare on/off as a boolean
+        data["compile"] = "on" if data["compile"] else "off"
+    _require(data["compile"] in ("auto", "on", "off"),
+             f"compile must be auto, on or off (got {data['compile']!r})")
     _require(data["threads"] is None or (_integer(data["threads"]) and data["threads"] >= 1),
              f"threads must be an integer >= 1 or null (got {data['threads']!r})")
     stop = data["stop"]
@@ -207,5 +213,5 @@ def validate(data: dict[str, Any], source: str = "defaults") -> Config:
         sampling=SamplingParams(float(temperature), sampling["top_k"], float(top_p), sampling["seed"]),
         max_model_len=data["max_model_len"], max_new_tokens=data["max_new_tokens"], stop=tuple(stop),
         threads=data["threads"], linear_kernel=data["linear_kernel"], enforce_eager=data["enforce_eager"],
-        source=source,
+        compile=data["compile"], source=source,
     )

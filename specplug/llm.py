@@ -66,7 +66,8 @@ class LLM:
         self.verifier = self.registry.create("verifier", config.verifier.name, options=config.verifier.options)
         self.engine = Engine(self.model, self.tokenizer, self.proposer, self.verifier,
                              config.num_speculative_tokens, self.max_batch_size, config.max_model_len,
-                             config.seed, self.eos_token_ids, config.adaptive_k, config.enforce_eager)
+                             config.seed, self.eos_token_ids, config.adaptive_k, config.enforce_eager,
+                             compiled=config.compile == "on")
 
     def variant(self, proposer: str | None = None, num_speculative_tokens: int | None = None,
                 max_batch_size: int | None = None, sampling: SamplingParams | None = None,

@@ -14,7 +14,17 @@ from specplug.models import kernels
 from specplug.models.kernels import FORMULATIONS, ROW_BUCKETS, KernelPlan
 
 
-def test_every_formulation_and_setting_computes_the_same_product():
+def test_every_formulation_computes_f_linear_s_product():
+    torch.manual_seed(0)
+    weight = torch.randn(48, 32, dtype=torch.float64)
+    for name, (layout, apply) in FORMULATIONS.items():
+        stored = weight.T.contiguous() if layout == "cols" else weight
+        for rows in (1,) if name == "w_x_pad" else (1, 2, 3, 7):
+            x = torch.randn(rows, 32, dtype=torch.float64)
+            torch.testing.assert_close(apply(x, stored), torch.nn.functional.linear(x, weight), msg=f"{name} M={rows}")
+
+
+def test_every_setting_computes_the_same_product_at_every_row_count():
     torch.manual_seed(0)
     weight = torch.randn(48, 32, dtype=torch.float64)
     for setting in LINEAR_KERNELS[1:]:

@@ -39,13 +39,13 @@ def expected(tiny_model):
     return [reference_greedy(tiny_model, p, n) for p, n in zip(PROMPTS, LENGTHS)]
 
 
-def run_engine(model, proposer, padded, batch, k=3, verifier=None):
+def run_engine(model, proposer, padded, batch, k=3, verifier=None, prompts=len(PROMPTS), **engine_options):
     engine = Engine(model, None, proposer, verifier or RejectionSampler(), k, batch, max_model_len=128,
-                    padded_steps=padded)
-    requests = [Request(i, p, n) for i, (p, n) in enumerate(zip(PROMPTS, LENGTHS))]
+                    padded_steps=padded, **engine_options)
+    requests = [Request(i, p, n) for i, (p, n) in enumerate(zip(PROMPTS[:prompts], LENGTHS))]
     outputs = {out.request_id: out.row.token_ids[len(out.row.request.prompt_token_ids):]
                for out in engine.run(requests) if out.finish_reason}
-    return [outputs[i] for i in range(len(PROMPTS))], engine
+    return [outputs[i] for i in range(prompts)], engine
 
 
 def test_buckets_are_exact_or_powers_of_two():
@@ -107,3 +107,10 @@ def test_no_device_value_is_read_back_inside_a_step(tiny_model, monkeypatch):
     engine.runner.run([[rows[0].token_ids[-1], 7, 3]], [engine.cache.lengths[0]])
     monkeypatch.undo()
     assert calls == []
+
+
+def test_compiled_steps_equal_the_reference(tiny_model, expected):
+    """compile: on (torch.compile per bucket, dynamic extent): same tokens, one graph per width bucket."""
+    outputs, engine = run_engine(tiny_model, NgramProposer(1, 3), None, batch=1, k=1, prompts=2, compiled=True)
+    assert outputs == expected[:2]
+    assert engine.runner.forward is not tiny_model.forward and engine.runner.widths == (1, 2)

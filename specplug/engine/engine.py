@@ -76,7 +76,7 @@ class Engine:
     def __init__(self, model: CompactLlama, tokenizer, proposer: Proposer, verifier: Verifier,
                  num_speculative_tokens: int, max_batch_size: int = 1, max_model_len: int = 2048,
                  seed: int | None = 0, eos_token_ids: Sequence[int] = (), adaptive_k: bool = False,
-                 enforce_eager: bool = False, padded_steps: bool | None = None):
+                 enforce_eager: bool = False, padded_steps: bool | None = None, compiled: bool = False):
         self.model, self.tokenizer = model, tokenizer
         self.proposer, self.verifier = proposer, verifier
         self.k, self.adaptive_k = num_speculative_tokens, adaptive_k
@@ -84,7 +84,7 @@ class Engine:
         self.max_model_len = min(max_model_len, model.shape.max_positions - num_speculative_tokens)
         # spare slots and positions: padded rows and right-padded widths never land on a real entry
         self.runner = StepRunner.create(model, max_batch_size, num_speculative_tokens + 1, self.max_model_len,
-                                        enforce_eager=enforce_eager, padded=padded_steps)
+                                        enforce_eager=enforce_eager, padded=padded_steps, compiled=compiled)
         self.cache = self.runner.cache
         self.generator = make_generator(seed, model.device)
         self.eos_token_ids = frozenset(eos_token_ids)

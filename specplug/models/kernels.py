@@ -12,6 +12,7 @@ Formulations (``layout`` says how the decoder layers' weights are stored):
   linear     F.linear(x, W)              rows layout: W [out, in]
   w_x        (W @ x.T).T                 rows layout
   w_x_pad    one row padded to two, w_x  rows layout, M = 1 only
+  halves     W's two halves in one bmm   rows layout (two threads stream one half each)
   x_wt       x @ Wt                      cols layout: Wt = W.T stored contiguous [in, out]
   wt_x       (Wt.T @ x.T).T              cols layout
 The LM head (often tied to the embedding) always keeps the rows layout.
@@ -23,6 +24,7 @@ import hashlib
 import json
 import platform
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -34,7 +36,7 @@ import torch.nn.functional as F
 
 ROW_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32)  # M measured; between buckets the next one up rules
 MARGIN = 0.05  # a candidate replaces F.linear only when measured at least this much faster (noise)
-PLAN_VERSION = 1  # bump when candidates or the measuring method change: old cache files are ignored
+PLAN_VERSION = 2  # bump when candidates or the measuring method change: old cache files are ignored
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -49,6 +51,13 @@ def _w_x_pad(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return (w @ torch.cat([x, x]).T).T[:1].contiguous()
 
 
+def _halves(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    if w.shape[0] % 2:
+        return _w_x(x, w)
+    halves = torch.bmm(w.view(2, w.shape[0] // 2, w.shape[1]), x.T.expand(2, -1, -1))  # [2, out / 2, M]
+    return halves.permute(2, 0, 1).reshape(x.shape[0], w.shape[0])
+
+
 def _x_wt(x: torch.Tensor, wt: torch.Tensor) -> torch.Tensor:
     return x @ wt
 
@@ -58,7 +67,7 @@ def _wt_x(x: torch.Tensor, wt: torch.Tensor) -> torch.Tensor:
 
 
 FORMULATIONS: dict[str, tuple[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]] = {
-    "linear": ("rows", _linear), "w_x": ("rows", _w_x), "w_x_pad": ("rows", _w_x_pad),
+    "linear": ("rows", _linear), "w_x": ("rows", _w_x), "w_x_pad": ("rows", _w_x_pad), "halves": ("rows", _halves),
     "x_wt": ("cols", _x_wt), "wt_x": ("cols", _wt_x),
 }
 LARGE = {"rows": "linear", "cols": "x_wt"}  # past the last bucket
@@ -217,8 +226,9 @@ def select(setting: str, block_weights: Sequence[torch.Tensor], head: torch.Tens
         except (OSError, ValueError, TypeError):
             pass  # unreadable: measure again and overwrite
     try:
-        plan = choose(measure(block_weights, ("linear", "w_x", "w_x_pad", "x_wt", "wt_x")),
-                      measure([head], ("linear", "w_x", "w_x_pad")))
+        print("specplug: timing the linear-layer kernels for this CPU (once; cached)", file=sys.stderr, flush=True)
+        plan = choose(measure(block_weights, tuple(FORMULATIONS)),
+                      measure([head], tuple(n for n, (layout, _) in FORMULATIONS.items() if layout == "rows")))
     except RuntimeError as exc:
         warnings.warn(f"could not time the linear kernels ({exc}); using F.linear everywhere")
         return KernelPlan.uniform("linear", "fallback")

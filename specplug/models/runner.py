@@ -5,8 +5,9 @@ A decode step (T = 1), a verify pass (T = k + 1) and a model drafter's step all 
 and positions into static buffers kept per bucket, and takes the attended cache extent from the host's
 lengths, so nothing inside the step reads a device tensor back. On CUDA (unless ``enforce_eager``)
 each bucket's forward is captured once as a CUDA graph and replayed; where capture fails the runner
-says so once and stays eager. On a CPU the buckets are exact (padding would only add work there);
-tests run padded buckets on the CPU to prove them token-identical.
+says so once and stays eager. On a CPU the buckets are exact (padding would only add work there),
+unless the steps are compiled (``torch.compile``, one graph per bucket, the attended extent left
+dynamic); tests run padded buckets on the CPU to prove them token-identical.
 
 Padding rows live in free cache slots (live rows are packed at the front) and padding positions lie
 past each row's valid length, both overwritten before they are ever read.
@@ -50,27 +51,36 @@ class StaticStep:
 
 class StepRunner:
     def __init__(self, model: CompactLlama, cache: StaticKVCache, batch_sizes: tuple[int, ...],
-                 widths: tuple[int, ...], plan: LayerPlan | None = None, graphs: bool = False):
+                 widths: tuple[int, ...], plan: LayerPlan | None = None, graphs: bool = False,
+                 compiled: bool = False):
         if batch_sizes[-1] > cache.slots:
             raise ValueError(f"batch bucket {batch_sizes[-1]} needs that many cache slots; cache has {cache.slots}")
         self.model, self.cache, self.plan = model, cache, plan
         self.batch_sizes, self.widths = batch_sizes, widths
         self.graphs = graphs and model.device.type == "cuda"
         self.static: dict[tuple[int, int, bool], StaticStep] = {}
+        self.forward = model.forward
+        if compiled:
+            import torch._dynamo
+
+            # one graph per bucket (and gather mode); the attended extent is a dynamic size
+            shapes = 2 * len(batch_sizes) * len(widths)
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, shapes)
+            self.forward = torch.compile(model.forward, dynamic=True)
 
     @classmethod
     def create(cls, model: CompactLlama, max_batch: int, max_width: int, max_len: int,
                plan: LayerPlan | None = None, enforce_eager: bool = False,
-               padded: bool | None = None) -> "StepRunner":
+               padded: bool | None = None, compiled: bool = False) -> "StepRunner":
         """A runner with a cache of its own for ``max_batch`` rows of ``max_len`` tokens, fed up to
         ``max_width`` tokens a step. Buckets are padded where graphs are captured (CUDA, not
-        ``enforce_eager``) and exact otherwise; ``padded`` forces one or the other. The cache gets the
-        spare slots and positions that padding writes to."""
+        ``enforce_eager``) or compiled, exact otherwise; ``padded`` forces one or the other. The cache
+        gets the spare slots and positions that padding writes to."""
         graphs = model.device.type == "cuda" and not enforce_eager
-        padded = graphs if padded is None else padded
+        padded = (graphs or compiled) if padded is None else padded
         batch_sizes, widths = buckets(max_batch, padded), buckets(max_width, padded)
         cache = model.new_cache(batch_sizes[-1], max_len + widths[-1] - 1)
-        return cls(model, cache, batch_sizes, widths, plan, graphs)
+        return cls(model, cache, batch_sizes, widths, plan, graphs, compiled)
 
     @torch.inference_mode()
     def run(self, tokens: list[list[int]], starts: list[int], last: list[int] | None = None) -> torch.Tensor:
@@ -120,7 +130,7 @@ class StepRunner:
 
     def _forward(self, step: StaticStep, upto: int) -> torch.Tensor:
         rows = slice(0, step.input_ids.shape[0])
-        return self.model(step.input_ids, step.positions, self.cache, rows, step.last, self.plan, upto)
+        return self.forward(step.input_ids, step.positions, self.cache, rows, step.last, self.plan, upto)
 
     def _capture(self, step: StaticStep) -> None:
         """Record the bucket's forward as a CUDA graph over the whole cache extent (static shapes).
