@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import warnings
 from collections.abc import Sequence
 
@@ -32,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--prompts-file", help='JSONL: {"prompt": ...} or {"messages": [...]} per line')
     gen.add_argument("--batch-size", type=int, default=1, help="rows decoded together (default 1)")
     gen.add_argument("--json", action="store_true", help="one JSON object per prompt on stdout, in input order")
+    gen.add_argument("--compare-plain", action="store_true",
+                     help="then decode the same prompts without speculation (same engine) and print one line: "
+                          "tok/s of both and whether the tokens are identical")
 
     plugins = sub.add_parser("plugins", help="list registered proposers and verifiers")
     plugins.add_argument("--json", action="store_true")
@@ -121,7 +125,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prompts = [args.prompt] if args.prompt is not None else read_prompts_file(args.prompts_file)
     llm = LLM(config, max_batch_size=args.batch_size)
     stream = None if args.json or args.batch_size > 1 else TextStream(llm.tokenizer, config.stop)
+    if args.compare_plain:
+        llm.generate(prompts[:1], 4)  # the first forwards of a process are slow: keep them out of the timing
+    started = time.perf_counter()
     completions = llm.generate(prompts, args.max_new_tokens, on_step=stream)
+    seconds = time.perf_counter() - started
     for c in completions:
         if args.json:
             print(json.dumps({"index": c.index, "text": c.text, "token_ids": c.token_ids,
@@ -130,7 +138,25 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if stream is None:
             print(f"--- prompt {c.index}\n{c.text}")
         print(summary_line(c.stats, c.finish_reason), file=sys.stderr)
+    if args.compare_plain:
+        print(compare_with_plain(llm, prompts, completions, seconds, args.max_new_tokens), file=sys.stderr)
     return 0
+
+
+def compare_with_plain(llm, prompts, completions, seconds: float, max_new_tokens: int | None) -> str:
+    """One line: this run's tok/s against plain decoding of the same prompts on the same engine."""
+    plain_llm = llm.variant(proposer="none")
+    started = time.perf_counter()
+    plain = plain_llm.generate(prompts, max_new_tokens)
+    plain_seconds = time.perf_counter() - started
+    tokens, plain_tokens = (sum(len(c.token_ids) for c in run) for run in (completions, plain))
+    speed, plain_speed = tokens / seconds, plain_tokens / plain_seconds
+    differing = [c.index for c, p in zip(completions, plain) if c.token_ids != p.token_ids]
+    verdict = ("tokens identical to plain decoding" if not differing else
+               f"tokens differ from plain decoding for prompt(s) {differing}: run `specplug bench` on them to "
+               "see whether each is a rounding near-tie")
+    return (f"[{llm.config.proposer.name} vs plain] {speed:.1f} tok/s vs {plain_speed:.1f} tok/s without "
+            f"speculation ({speed / plain_speed:.2f}x on the same engine; {tokens} and {plain_tokens} tokens); {verdict}")
 
 
 def summary_line(stats: dict, finish_reason: str) -> str:
@@ -162,6 +188,7 @@ class TextStream:
             self.printed = ready
         if output.finish_reason is not None:
             sys.stdout.write("\n")
+            sys.stdout.flush()
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
