@@ -21,7 +21,9 @@ def test_every_formulation_computes_f_linear_s_product():
         stored = weight.T.contiguous() if layout == "cols" else weight
         for rows in (1,) if name == "w_x_pad" else (1, 2, 3, 7):
             x = torch.randn(rows, 32, dtype=torch.float64)
-            torch.testing.assert_close(apply(x, stored), torch.nn.functional.linear(x, weight), msg=f"{name} M={rows}")
+            out = apply(x, stored)
+            assert out.is_contiguous(), f"{name} M={rows}: the forward views its output, it must be contiguous"
+            torch.testing.assert_close(out, torch.nn.functional.linear(x, weight), msg=f"{name} M={rows}")
 
 
 def test_every_setting_computes_the_same_product_at_every_row_count():

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 ROW_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32)  # M measured; between buckets the next one up rules
 MARGIN = 0.05  # a candidate replaces F.linear only when measured at least this much faster (noise)
-PLAN_VERSION = 2  # bump when candidates or the measuring method change: old cache files are ignored
+PLAN_VERSION = 3  # bump when candidates or the measuring method change: old cache files are ignored
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -55,7 +55,7 @@ def _halves(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     if w.shape[0] % 2:
         return _w_x(x, w)
     halves = torch.bmm(w.view(2, w.shape[0] // 2, w.shape[1]), x.T.expand(2, -1, -1))  # [2, out / 2, M]
-    return halves.permute(2, 0, 1).reshape(x.shape[0], w.shape[0])
+    return halves.permute(2, 0, 1).reshape(x.shape[0], w.shape[0]).contiguous()
 
 
 def _x_wt(x: torch.Tensor, wt: torch.Tensor) -> torch.Tensor:
