@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from specplug.models.llama import CompactLlama
-from specplug.models.runner import StepRunner
 from specplug.engine.stopping import StopChecker
 from specplug.errors import SpecplugError
 from specplug.metadata import Draft, DraftRequest, SamplingParams, VerifyInput, VerifyOutcome
+from specplug.models.llama import CompactLlama
+from specplug.models.runner import StepRunner
 from specplug.proposers.base import Proposer, check_drafts, next_draft_length
 from specplug.sampling import make_generator
 from specplug.verifiers.base import Verifier

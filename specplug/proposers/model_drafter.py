@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from specplug.metadata import Draft, DraftRequest
 from specplug.models.llama import CompactLlama, LayerPlan
 from specplug.models.runner import StepRunner
-from specplug.metadata import Draft, DraftRequest
 from specplug.proposers.base import Proposer
 from specplug.sampling import make_generator, target_probs
 
