@@ -44,13 +44,18 @@ def tiny_model(tiny_hf):
     return CompactLlama.from_hf(tiny_hf, torch.float64, torch.device("cpu"))
 
 
+def plain_llm(*overrides: str):
+    """The real default model in the embedded engine, plain decoding, up to 4 rows; config ``overrides``."""
+    from specplug.llm import LLM
+
+    return LLM(load_config(overrides=["proposer.name=none", *overrides]), max_batch_size=4)
+
+
 @pytest.fixture(scope="session")
 def llm():
     """The real default model (SmolLM2-135M, fp32, CPU) in the embedded engine, up to 4 rows."""
-    from specplug.llm import LLM
-
     torch.manual_seed(0)
-    return LLM(load_config(overrides=["proposer.name=none"]), max_batch_size=4)
+    return plain_llm()
 
 
 @pytest.fixture(scope="session")

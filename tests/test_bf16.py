@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from specplug.bench import first_mismatch
-from specplug.config import load_config
+from tests.conftest import plain_llm
 from tests.prompts import GROUNDED, OPEN_ENDED
 
 pytestmark = pytest.mark.slow
@@ -16,9 +16,7 @@ MAX_NEW = 48
 
 @pytest.fixture(scope="module")
 def bf16_llm():
-    from specplug.llm import LLM
-
-    return LLM(load_config(overrides=["proposer.name=none", "dtype=bfloat16"]), max_batch_size=4)
+    return plain_llm("dtype=bfloat16")
 
 
 @pytest.fixture(scope="module")

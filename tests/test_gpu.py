@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from specplug.config import load_config
+from tests.conftest import plain_llm
 from tests.prompts import GROUNDED, OPEN_ENDED
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -20,16 +20,12 @@ MAX_NEW = 48
 
 @pytest.fixture(scope="module")
 def cuda_llm():
-    from specplug.llm import LLM
-
-    return LLM(load_config(overrides=["device=cuda", "proposer.name=none"]), max_batch_size=4)
+    return plain_llm("device=cuda")
 
 
 @pytest.fixture(scope="module")
 def eager_llm(cuda_llm):
-    from specplug.llm import LLM
-
-    return LLM(load_config(overrides=["device=cuda", "proposer.name=none", "enforce_eager=true"]), max_batch_size=4)
+    return plain_llm("device=cuda", "enforce_eager=true")
 
 
 @pytest.fixture(scope="module")
