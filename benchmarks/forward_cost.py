@@ -20,7 +20,7 @@ from specplug.bench import machine_description
 from specplug.config import LINEAR_KERNELS, load_config
 from specplug.llm import LLM
 from specplug.models import kernels
-from specplug.models.costs import forward_ms, stream_read_gbps, weight_bytes
+from specplug.models.costs import bandwidth_limit_tps, forward_ms, stream_read_gbps, weight_bytes
 from specplug.models.kernels import ROW_BUCKETS, KernelPlan
 
 WIDTHS = [1, 2, 3, 4, 5, 6, 8, 12, 16]
@@ -52,7 +52,7 @@ def main() -> None:
                                      **{name: [None if t is None else round(t * 1000, 1) for t in times]
                                         for name, times in by_rows.items()}},
         "stream_read_gb_per_s": round(gbps, 1), "weight_mb_per_token": round(weight_bytes(model) / 1e6, 1),
-        "plain_decoding_limit_tok_per_s": round(gbps * 1e9 / weight_bytes(model), 1),
+        "plain_decoding_limit_tok_per_s": round(bandwidth_limit_tps(model, gbps), 1),
     }, indent=1))
 
 

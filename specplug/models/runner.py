@@ -87,33 +87,38 @@ class StepRunner:
         """Feed ``tokens[i]`` to cache slot i at positions ``starts[i]`` on (rows right-padded).
 
         Returns float32 logits [B, T, V], T = the longest row, or [B, 1, V] at position ``last[i]`` of
-        each row when ``last`` is given. Shapes past the largest bucket run eagerly as they are.
+        each row when ``last`` is given. Shapes past the largest bucket (a drafter's first catch-up over
+        a whole prompt) run eagerly as they are, in buffers that are not kept and never compiled.
         """
         batch, width = len(tokens), max(map(len, tokens))
         padded_batch, padded_width = bucket_for(batch, self.batch_sizes), bucket_for(width, self.widths)
-        bucketed = padded_batch is not None and padded_width is not None
-        if not bucketed:
-            padded_batch, padded_width = batch, width
-        step = self._static(padded_batch, padded_width, last is not None)
-        if bucketed and self.graphs and step.graph is None:
-            self._capture(step)
-        self._fill(step, tokens, starts, last)
-        if step.graph is not None:
-            step.graph.replay()
-            logits = step.logits
+        if padded_batch is None or padded_width is None:
+            step = self._new_step(batch, width, last is not None)
+            self._fill(step, tokens, starts, last)
+            logits = self._forward(step, min(max(starts) + width, self.cache.max_len), self.model.forward)
         else:
-            logits = self._forward(step, min(max(starts) + padded_width, self.cache.max_len))
+            step = self._static(padded_batch, padded_width, last is not None)
+            if self.graphs and step.graph is None:
+                self._capture(step)
+            self._fill(step, tokens, starts, last)
+            if step.graph is not None:
+                step.graph.replay()
+                logits = step.logits
+            else:
+                logits = self._forward(step, min(max(starts) + padded_width, self.cache.max_len))
         return logits[:batch] if last is not None else logits[:batch, :width]
 
     def _static(self, batch: int, width: int, gather: bool) -> StaticStep:
         key = (batch, width, gather)
         if key not in self.static:
-            device = self.model.device
-            self.static[key] = StaticStep(
-                torch.zeros((batch, width), dtype=torch.long, device=device),
-                torch.zeros((batch, width), dtype=torch.long, device=device),
-                torch.zeros((batch, 1), dtype=torch.long, device=device) if gather else None)
+            self.static[key] = self._new_step(batch, width, gather)
         return self.static[key]
+
+    def _new_step(self, batch: int, width: int, gather: bool) -> StaticStep:
+        device = self.model.device
+        return StaticStep(torch.zeros((batch, width), dtype=torch.long, device=device),
+                          torch.zeros((batch, width), dtype=torch.long, device=device),
+                          torch.zeros((batch, 1), dtype=torch.long, device=device) if gather else None)
 
     def _fill(self, step: StaticStep, tokens: list[list[int]], starts: list[int], last: list[int] | None) -> None:
         padded_batch, padded_width = step.input_ids.shape
@@ -128,9 +133,9 @@ class StepRunner:
         if last is not None:
             step.last.copy_(torch.tensor(last + [0] * (padded_batch - len(last)))[:, None], non_blocking=True)
 
-    def _forward(self, step: StaticStep, upto: int) -> torch.Tensor:
+    def _forward(self, step: StaticStep, upto: int, forward=None) -> torch.Tensor:
         rows = slice(0, step.input_ids.shape[0])
-        return self.forward(step.input_ids, step.positions, self.cache, rows, step.last, self.plan, upto)
+        return (forward or self.forward)(step.input_ids, step.positions, self.cache, rows, step.last, self.plan, upto)
 
     def _capture(self, step: StaticStep) -> None:
         """Record the bucket's forward as a CUDA graph over the whole cache extent (static shapes).
