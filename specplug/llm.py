@@ -95,10 +95,14 @@ class LLM:
         return self.generate_ids([self.encode(p) for p in prompts], max_new_tokens, on_step)
 
     def generate_ids(self, prompts: Sequence[list[int]], max_new_tokens: int | None = None,
-                     on_step: Callable[[StepOutput], None] | None = None) -> list[Completion]:
-        """``generate`` for prompts that are already token ids."""
+                     on_step: Callable[[StepOutput], None] | None = None,
+                     seeds: Sequence[int | None] | None = None) -> list[Completion]:
+        """``generate`` for prompts that are already token ids. Each prompt samples with its own seed:
+        ``seeds[i]``, else the config's ``sampling.seed`` (null: a fresh one per prompt)."""
+        seeds = list(seeds) if seeds is not None else [self.config.sampling.seed] * len(prompts)
         requests = [Request(i, list(ids), max_new_tokens or self.config.max_new_tokens,
-                            self.config.sampling, self.config.stop) for i, ids in enumerate(prompts)]
+                            dataclasses.replace(self.config.sampling, seed=seed), self.config.stop)
+                    for i, (ids, seed) in enumerate(zip(prompts, seeds, strict=True))]
         done: dict[int, Completion] = {}
         for output in self.engine.run(requests):
             if on_step is not None:

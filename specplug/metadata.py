@@ -66,7 +66,10 @@ class VerifyInput:
     num_draft: torch.Tensor  # [B] long
     draft_probs: torch.Tensor | None  # [B, K, V], or None when every row's draft is deterministic
     sampling: Sequence[SamplingParams]  # [B]
-    generator: torch.Generator | None = None
+    generator: torch.Generator | None = None  # one stream for the batch (used when row_generators is None)
+    # [B][K + 1]: row b's stream for each of its positions (a position's uniform, then its final draw);
+    # an empty list for a greedy row
+    row_generators: Sequence[Sequence[torch.Generator]] | None = None
 
 
 @dataclass

@@ -50,6 +50,15 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tens
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def position_generator(seed: int, position: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The random stream of one output position of a seeded request.
+
+    Keyed by (seed, position) rather than drawn from one stream per request, so that a request's tokens
+    depend only on its seed, never on how many drafts were verified at once or which rows shared the batch.
+    """
+    return torch.Generator(device=device).manual_seed(hash((seed, position)) & 0x7FFF_FFFF_FFFF_FFFF)
+
+
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
     generator = torch.Generator(device=device)
     if seed is None:

@@ -83,8 +83,9 @@ def sample_tokens(llm, proposer, seed, count=3, rows=32, rounds=25, **options):
                           max_model_len=32, **options)
     prompt = variant.encode("The best thing about the weekend is")
     samples = Counter()
-    for _ in range(rounds):
-        for completion in variant.generate_ids([prompt] * rows, count):
+    for round_ in range(rounds):
+        seeds = [seed * 100_000 + round_ * rows + i for i in range(rows)]  # independent draws
+        for completion in variant.generate_ids([prompt] * rows, count, seeds=seeds):
             samples[tuple(completion.token_ids)] += 1
     return samples
 

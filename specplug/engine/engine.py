@@ -6,11 +6,15 @@ One step for the running rows (B rows, packed in cache slots 0..B-1):
   3. accept: the verifier keeps a prefix of each row's drafts and adds one recovered/bonus token;
   4. roll back: the row's cache length moves to cover only the last token and the accepted drafts.
 Plain autoregressive decoding is the same step with no drafts (proposer ``none``).
-Rows join (``add_request``) and leave (finish or ``abort``) between steps.
+Rows join (``add_request``) and leave (finish or ``abort``) between steps. Each row drafts with its own
+``Strategy`` (the engine's default unless the request names one); the rows of one strategy are proposed
+for together. A row's random draws are keyed by its seed and position (``position_generator``), so a
+seeded request gives the same tokens whatever else shares the batch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Hashable, Iterator, Sequence
@@ -18,14 +22,18 @@ from dataclasses import dataclass, field
 
 import torch
 
+from specplug.engine.batch import TokenLogprob, token_logprobs, verify_input
 from specplug.engine.stopping import StopChecker
 from specplug.errors import SpecplugError
-from specplug.metadata import Draft, DraftRequest, SamplingParams, VerifyInput, VerifyOutcome
+from specplug.metadata import Draft, DraftRequest, SamplingParams, VerifyOutcome
 from specplug.models.llama import CompactLlama
 from specplug.models.runner import StepRunner
 from specplug.proposers.base import Proposer, check_drafts, next_draft_length
-from specplug.sampling import make_generator
+from specplug.engine.strategy import Strategy
+from specplug.sampling import make_generator, position_generator
 from specplug.verifiers.base import Verifier
+
+SEED_RANGE = 2**62  # seeds drawn for requests that bring none
 
 
 @dataclass
@@ -35,6 +43,8 @@ class Request:
     max_new_tokens: int
     sampling: SamplingParams = field(default_factory=SamplingParams)
     stop: tuple[str, ...] = ()  # stop strings; the text is cut before them
+    strategy: Strategy | None = None  # None: the engine's default when the request starts
+    logprobs: int | None = None  # None: none; n >= 0: each emitted token's logprob and the n most likely
 
 
 @dataclass
@@ -55,7 +65,8 @@ class Row:
     slot: int
     token_ids: list[int]
     stopper: StopChecker
-    k: int  # this row's current draft budget (changes only with adaptive_k)
+    strategy: Strategy
+    k: int  # this row's current draft budget (changes with adaptive_k or the strategy's policy)
     stats: SequenceStats = field(default_factory=SequenceStats)
     finish_reason: str | None = None
 
@@ -70,26 +81,40 @@ class StepOutput:
     new_token_ids: list[int]
     finish_reason: str | None  # "stop", "length" or None while running
     row: Row
+    num_accepted: int = 0  # of this step's drafts, counted in new_token_ids
+    logprobs: list[TokenLogprob] | None = None  # one per new token when the request asked for them
 
 
 class Engine:
     def __init__(self, model: CompactLlama, tokenizer, proposer: Proposer, verifier: Verifier,
                  num_speculative_tokens: int, max_batch_size: int = 1, max_model_len: int = 2048,
                  seed: int | None = 0, eos_token_ids: Sequence[int] = (), adaptive_k: bool = False,
-                 enforce_eager: bool = False, padded_steps: bool | None = None, compiled: bool = False):
+                 enforce_eager: bool = False, padded_steps: bool | None = None, compiled: bool = False,
+                 max_speculative_tokens: int | None = None):
+        self.verifier = verifier
+        self.strategy = Strategy(getattr(proposer, "name", "proposer"), proposer, num_speculative_tokens, adaptive_k)
+        # the widest verify step any strategy may ask for (bounds the step buffers and the context)
+        self.max_k = max(max_speculative_tokens or 0, num_speculative_tokens)
         self.model, self.tokenizer = model, tokenizer
-        self.proposer, self.verifier = proposer, verifier
-        self.k, self.adaptive_k = num_speculative_tokens, adaptive_k
         self.max_batch_size = max_batch_size
-        self.max_model_len = min(max_model_len, model.shape.max_positions - num_speculative_tokens)
+        self.max_model_len = min(max_model_len, model.shape.max_positions - self.max_k)
         # spare slots and positions: padded rows and right-padded widths never land on a real entry
-        self.runner = StepRunner.create(model, max_batch_size, num_speculative_tokens + 1, self.max_model_len,
+        self.runner = StepRunner.create(model, max_batch_size, self.max_k + 1, self.max_model_len,
                                         enforce_eager=enforce_eager, padded=padded_steps, compiled=compiled)
         self.cache = self.runner.cache
-        self.generator = make_generator(seed, model.device)
+        self.seeds = make_generator(seed, model.device)  # seeds for requests that bring none
         self.eos_token_ids = frozenset(eos_token_ids)
         self.waiting: deque[Request] = deque()
         self.rows: list[Row] = []  # rows[i] lives in cache slot i
+
+    @property
+    def proposer(self) -> Proposer:
+        return self.strategy.proposer
+
+    def check_strategy(self, strategy: Strategy) -> None:
+        if strategy.k > self.max_k:
+            raise SpecplugError(f"strategy '{strategy.name}' drafts up to {strategy.k} tokens; this engine was "
+                                f"started for at most {self.max_k}: lower its num_speculative_tokens or restart")
 
     # ---- rows joining and leaving -------------------------------------------------------------
     def add_request(self, request: Request) -> None:
@@ -102,6 +127,8 @@ class Engine:
             )
         if request.max_new_tokens < 1:
             raise SpecplugError(f"max_new_tokens must be >= 1 (got {request.max_new_tokens})")
+        if request.strategy is not None:
+            self.check_strategy(request.strategy)
         self.waiting.append(request)
 
     def abort(self, request_id: Hashable) -> None:
@@ -117,7 +144,7 @@ class Engine:
     def _release(self, row: Row) -> None:
         """Free the row's slot, moving the last row into it so live slots stay packed."""
         self.cache.release(self.rows, row)
-        self.proposer.release(row.request.request_id)
+        row.strategy.proposer.release(row.request.request_id)
 
     # ---- one engine step ------------------------------------------------------------------------
     @torch.inference_mode()
@@ -135,12 +162,19 @@ class Engine:
                 self._release(out.row)
         return outputs
 
+    def _new_row(self, request: Request, slot: int) -> Row:
+        strategy = request.strategy or self.strategy
+        if request.sampling.seed is None:  # the row's draws (and its drafter's) still need one seed
+            seed = int(torch.randint(SEED_RANGE, (1,), generator=self.seeds))
+            request = dataclasses.replace(request, sampling=dataclasses.replace(request.sampling, seed=seed))
+        row = Row(request, slot, list(request.prompt_token_ids), StopChecker(self.tokenizer, request.stop),
+                  strategy, strategy.k)
+        row.stats.started = time.perf_counter()
+        return row
+
     def _prefill(self, requests: list[Request]) -> list[StepOutput]:
         first = len(self.rows)
-        rows = [Row(r, first + i, list(r.prompt_token_ids), StopChecker(self.tokenizer, r.stop), self.k)
-                for i, r in enumerate(requests)]
-        for row in rows:
-            row.stats.started = time.perf_counter()
+        rows = [self._new_row(r, first + i) for i, r in enumerate(requests)]
         self.rows.extend(rows)
         prompts = [r.prompt_token_ids for r in requests]
         longest = max(map(len, prompts))
@@ -153,12 +187,53 @@ class Engine:
         return self._accept(rows, [Draft([]) for _ in rows], logits, prefill=True)
 
     def _speculative_step(self, rows: list[Row]) -> list[StepOutput]:
-        requests = [self._draft_request(row) for row in rows]
-        drafts = self.proposer.propose(requests)
-        check_drafts(self.proposer, requests, drafts, self.model.shape.vocab_size)
+        self._plan_budgets(rows)
+        started = time.perf_counter()
+        drafts = self._propose(rows)
+        proposed = time.perf_counter()
         logits = self.runner.run([[row.token_ids[-1], *d.token_ids] for row, d in zip(rows, drafts)],
                                  [self.cache.lengths[row.slot] for row in rows])
-        return self._accept(rows, drafts, logits, prefill=False)
+        outputs = self._accept(rows, drafts, logits, prefill=False)
+        self._observe(rows, drafts, outputs, logits.shape[1], time.perf_counter() - proposed, proposed - started)
+        return outputs
+
+    def _groups(self, rows: list[Row]) -> dict[Strategy, list[int]]:
+        """Row indices by strategy, in order of first appearance."""
+        groups: dict[Strategy, list[int]] = {}
+        for i, row in enumerate(rows):
+            groups.setdefault(row.strategy, []).append(i)
+        return groups
+
+    def _plan_budgets(self, rows: list[Row]) -> None:
+        """Let each policy-driven strategy (``auto``) set its rows' budgets for this step."""
+        groups = self._groups(rows)
+        fixed = [rows[i].k for s, idx in groups.items() if s.policy is None for i in idx]
+        floor_width = 1 + min(max(fixed, default=0), self.max_k)
+        for strategy, idx in groups.items():
+            if strategy.policy is not None:
+                budgets = strategy.policy.plan([rows[i] for i in idx], len(rows), floor_width)
+                for i, k in zip(idx, budgets):
+                    rows[i].k = k
+
+    def _propose(self, rows: list[Row]) -> list[Draft]:
+        drafts: list[Draft] = [Draft([])] * len(rows)
+        for strategy, idx in self._groups(rows).items():
+            requests = [self._draft_request(rows[i]) for i in idx]
+            if not any(r.max_draft_tokens for r in requests):
+                continue  # nothing to draft this step: a stateful proposer catches up next time
+            got = strategy.proposer.propose(requests)
+            check_drafts(strategy.proposer, requests, got, self.model.shape.vocab_size)
+            for i, draft in zip(idx, got):
+                drafts[i] = draft
+        return drafts
+
+    def _observe(self, rows: list[Row], drafts: list[Draft], outputs: list[StepOutput], width: int,
+                 target_seconds: float, propose_seconds: float) -> None:
+        for strategy, idx in self._groups(rows).items():
+            if strategy.policy is not None:
+                strategy.policy.observe([rows[i] for i in idx], [len(drafts[i].token_ids) for i in idx],
+                                        [outputs[i].num_accepted for i in idx], len(rows), width,
+                                        target_seconds, propose_seconds)
 
     def _draft_request(self, row: Row) -> DraftRequest:
         remaining = row.request.max_new_tokens - row.num_generated
@@ -169,28 +244,42 @@ class Engine:
     def _accept(self, rows: list[Row], drafts: list[Draft], logits: torch.Tensor,
                 prefill: bool) -> list[StepOutput]:
         """Verify ``drafts`` against ``logits`` [B, K + 1, V], extend the rows, roll back the cache."""
-        batch = verify_input(drafts, logits, [row.request.sampling for row in rows], self.generator)
+        batch = verify_input(drafts, logits, [row.request.sampling for row in rows],
+                             [self._generators(row, logits.shape[1]) for row in rows])
         result = self.verifier.verify(batch)
         emitted_rows = result.output_token_ids.tolist()
-        outcomes, outputs = [], []
-        for row, draft, emitted, accepted in zip(rows, drafts, emitted_rows, result.num_accepted.tolist()):
+        outcomes: dict[Strategy, list[VerifyOutcome]] = {}
+        outputs = []
+        for i, (row, draft, emitted, accepted) in enumerate(
+                zip(rows, drafts, emitted_rows, result.num_accepted.tolist())):
             emitted = emitted[: accepted + 1]
             if not prefill:
                 self.cache.lengths[row.slot] += 1 + accepted  # last token + accepted drafts
                 row.stats.verify_steps += 1
                 self._adapt_k(row, len(draft.token_ids), accepted)
-            outcomes.append(VerifyOutcome(row.request.request_id, len(draft.token_ids), accepted,
-                                          tuple(emitted)))
-            outputs.append(self._extend(row, emitted))
+            outcomes.setdefault(row.strategy, []).append(
+                VerifyOutcome(row.request.request_id, len(draft.token_ids), accepted, tuple(emitted)))
+            out = self._extend(row, emitted)
+            out.num_accepted = min(accepted, len(out.new_token_ids))  # cut at a stop
+            if row.request.logprobs is not None:
+                out.logprobs = token_logprobs(logits[i], out.new_token_ids, row.request.logprobs)
+            outputs.append(out)
             row.stats.target_forwards += 1
             row.stats.draft_tokens += len(draft.token_ids)
-            row.stats.accepted_tokens += min(accepted, len(outputs[-1].new_token_ids))  # cut at a stop
-        self.proposer.on_verified(outcomes)
+            row.stats.accepted_tokens += out.num_accepted
+        for strategy, told in outcomes.items():
+            strategy.proposer.on_verified(told)
         return outputs
 
+    def _generators(self, row: Row, width: int) -> list[torch.Generator]:
+        if row.request.sampling.greedy:
+            return []
+        first = len(row.token_ids)  # the position the row's next token takes
+        return [position_generator(row.request.sampling.seed, first + j, self.model.device) for j in range(width)]
+
     def _adapt_k(self, row: Row, drafted: int, accepted: int) -> None:
-        if self.adaptive_k:
-            row.k = next_draft_length(row.k, self.k, drafted, accepted)
+        if row.strategy.adaptive_k and row.strategy.policy is None:
+            row.k = next_draft_length(row.k, row.strategy.k, drafted, accepted)
 
     def _extend(self, row: Row, emitted: list[int]) -> StepOutput:
         """Append emitted tokens, cutting them at EOS, a stop string, max_new_tokens or the context."""
@@ -214,22 +303,3 @@ class Engine:
             self.add_request(request)
         while self.has_unfinished():
             yield from self.step()
-
-
-def verify_input(drafts: list[Draft], logits: torch.Tensor, sampling: list[SamplingParams],
-                 generator: torch.Generator) -> VerifyInput:
-    """Pack per-row drafts into the verifier's padded tensors."""
-    device = logits.device
-    width = logits.shape[1] - 1
-    token_ids = torch.zeros((len(drafts), width), dtype=torch.long, device=device)
-    for i, draft in enumerate(drafts):
-        token_ids[i, : len(draft.token_ids)] = torch.tensor(draft.token_ids, dtype=torch.long)
-    num_draft = torch.tensor([len(d.token_ids) for d in drafts], device=device)
-    probs = None
-    if any(d.probs is not None for d in drafts):
-        # rows without probabilities are deterministic drafts: one-hot
-        probs = torch.nn.functional.one_hot(token_ids, logits.shape[-1]).float()
-        for i, draft in enumerate(drafts):
-            if draft.probs is not None and draft.token_ids:
-                probs[i, : len(draft.token_ids)] = draft.probs.to(device=device, dtype=torch.float32)
-    return VerifyInput(logits, token_ids, num_draft, probs, sampling, generator)

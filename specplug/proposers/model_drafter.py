@@ -29,13 +29,13 @@ from specplug.sampling import make_generator, target_probs
 class DraftRow:
     seq_id: Hashable
     slot: int
+    generator: torch.Generator  # the row's own draws, seeded by its request: no batch companion moves them
     fed: list[int] = field(default_factory=list)  # tokens whose K/V the draft cache holds
 
 
 class ModelDrafter(Proposer):
     def __init__(self, name: str, model: CompactLlama, plan: LayerPlan | None, max_rows: int,
-                 max_len: int, k: int, confidence_threshold: float = 0.0, seed: int | None = 0,
-                 enforce_eager: bool = False):
+                 max_len: int, k: int, confidence_threshold: float = 0.0, enforce_eager: bool = False):
         self.name, self.model, self.plan = name, model, plan
         self.confidence_threshold = confidence_threshold
         self.max_rows = max_rows
@@ -44,7 +44,6 @@ class ModelDrafter(Proposer):
         self.cache = self.runner.cache
         self.rows: list[DraftRow] = []  # rows[i] lives in cache slot i
         self.by_id: dict[Hashable, DraftRow] = {}
-        self.generator = make_generator(seed, model.device)
 
     @torch.inference_mode()
     def propose(self, requests: Sequence[DraftRequest]) -> list[Draft]:
@@ -57,7 +56,7 @@ class ModelDrafter(Proposer):
             current = dict(enumerate(logits))
             running = list(range(len(active)))
             for step in range(max(r.max_draft_tokens for r in active)):
-                running = self._choose(active, current, running, drafts, probs, step)
+                running = self._choose(rows, active, current, running, drafts, probs, step)
                 if not running:
                     break
                 logits = self._feed([rows[i] for i in running],
@@ -79,7 +78,7 @@ class ModelDrafter(Proposer):
             if len(self.rows) == self.max_rows:
                 raise RuntimeError(f"proposer '{self.name}' holds {self.max_rows} rows already; "
                                    "rows must be released when they finish")
-            row = DraftRow(request.seq_id, len(self.rows))
+            row = DraftRow(request.seq_id, len(self.rows), make_generator(request.sampling.seed, self.model.device))
             self.rows.append(row)
             self.by_id[request.seq_id] = row
         return row
@@ -115,7 +114,8 @@ class ModelDrafter(Proposer):
             self.cache.lengths[row.slot] += len(chunk)
         return logits[[row.slot for row in rows], 0]
 
-    def _choose(self, requests: list[DraftRequest], logits: dict[int, torch.Tensor], running: list[int],
+    def _choose(self, rows: list[DraftRow], requests: list[DraftRequest], logits: dict[int, torch.Tensor],
+                running: list[int],
                 drafts: dict, probs: dict, step: int) -> list[int]:
         """Pick each running row's next draft token from its ``logits`` [V]; return the rows that go on.
 
@@ -131,7 +131,7 @@ class ModelDrafter(Proposer):
                 confidence = float(row_logits.softmax(-1)[token]) if self.confidence_threshold else 1.0
             else:
                 q = target_probs(row_logits[None, None], [request.sampling])[0, 0]
-                token = int(torch.multinomial(q, 1, generator=self.generator))
+                token = int(torch.multinomial(q, 1, generator=rows[i].generator))
                 confidence = float(q[token])
             if step > 0 and confidence < self.confidence_threshold:
                 continue

@@ -56,7 +56,7 @@ def verify_greedy(batch: VerifyInput) -> VerifyOutput:
 
 def verify_by_rejection(batch: VerifyInput) -> VerifyOutput:
     """Rejection sampling for rows with temperature > 0 (see the module docstring)."""
-    drafts, generator = batch.draft_token_ids, batch.generator
+    drafts = batch.draft_token_ids
     rows = torch.arange(drafts.shape[0], device=drafts.device)
     k = drafts.shape[1]
     probs = target_probs(batch.target_logits, batch.sampling)  # [B, K + 1, V]
@@ -65,7 +65,7 @@ def verify_by_rejection(batch: VerifyInput) -> VerifyOutput:
         draft_x = torch.ones_like(target_x)
     else:
         draft_x = batch.draft_probs.float().gather(-1, drafts[..., None]).squeeze(-1)
-    uniform = torch.rand(target_x.shape, generator=generator, device=target_x.device)
+    uniform = _uniforms(batch, target_x)
     accept = (uniform * draft_x < target_x) & _valid_drafts(batch)
     num_accepted = _accepted_prefix(accept)
 
@@ -74,8 +74,27 @@ def verify_by_rejection(batch: VerifyInput) -> VerifyOutput:
     residual = _residual(final_probs, batch, rows, num_accepted.clamp(max=max(k - 1, 0)))
     usable = rejected & (residual.sum(-1) > 0)  # p == q leaves no residual: sample from p
     final_probs = torch.where(usable[:, None], residual, final_probs)
-    final = sample(final_probs, generator)
+    final = _final_draws(batch, final_probs, num_accepted)
     return VerifyOutput(_emitted(drafts, num_accepted, final), num_accepted)
+
+
+def _uniforms(batch: VerifyInput, like: torch.Tensor) -> torch.Tensor:
+    """One uniform per draft position [B, K]: from the batch stream, or each valid position's own."""
+    if batch.row_generators is None:
+        return torch.rand(like.shape, generator=batch.generator, device=like.device)
+    uniform = torch.ones_like(like)
+    for b, (generators, n) in enumerate(zip(batch.row_generators, batch.num_draft.tolist())):
+        for j in range(n):
+            uniform[b, j] = torch.rand(1, generator=generators[j], device=like.device)[0]
+    return uniform
+
+
+def _final_draws(batch: VerifyInput, probs: torch.Tensor, num_accepted: torch.Tensor) -> torch.Tensor:
+    """The recovered or bonus token of each row [B], drawn from ``probs`` [B, V]."""
+    if batch.row_generators is None:
+        return sample(probs, batch.generator)
+    return torch.cat([sample(probs[b: b + 1], generators[j]) for b, (generators, j) in
+                      enumerate(zip(batch.row_generators, num_accepted.tolist()))])
 
 
 def _residual(
@@ -98,6 +117,7 @@ def _select(batch: VerifyInput, rows: torch.Tensor) -> VerifyInput:
         draft_probs=None if batch.draft_probs is None else batch.draft_probs[rows],
         sampling=[batch.sampling[i] for i in rows.tolist()],
         generator=batch.generator,
+        row_generators=None if batch.row_generators is None else [batch.row_generators[i] for i in rows.tolist()],
     )
 
 
