@@ -1,4 +1,4 @@
-"""The ``specplug`` command: generate, plugins, bench, make-draft, tune."""
+"""The ``specplug`` command: generate, serve, plugins, bench, make-draft, tune."""
 
 from __future__ import annotations
 
@@ -36,6 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--compare-plain", action="store_true",
                      help="then decode the same prompts without speculation (same engine) and print one line: "
                           "tok/s of both and whether the tokens are identical")
+
+    serve = sub.add_parser("serve", help="serve the model over HTTP (OpenAI, TGI and SageMaker-LMI protocols)")
+    serve.add_argument("--config", help="YAML/JSON config file; its `serve:` section configures the server, and "
+                                        "edits to it (or SIGHUP) swap strategies live")
+    serve.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key (dotted); repeatable")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
 
     plugins = sub.add_parser("plugins", help="list registered proposers and verifiers")
     plugins.add_argument("--json", action="store_true")
@@ -79,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_plugins(args)
         if args.command == "generate":
             return cmd_generate(args)
+        if args.command == "serve":
+            return cmd_serve(args)
         if args.command == "make-draft":
             return cmd_make_draft(args)
         if args.command == "tune":
@@ -105,6 +115,15 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     for r in rows:
         dist = f"{r['distribution']['name']} {r['distribution']['version']}" if r["distribution"] else "?"
         print(f"{r['kind']:<9} {r['name']:<16} {r['plugin']:<32} {dist}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from specplug.server.app import run
+
+    if not 0 <= args.port <= 65535:
+        raise SpecplugError(f"--port must be from 0 to 65535 (got {args.port})")
+    run(args.config, args.overrides, args.host, args.port)
     return 0
 
 

@@ -18,6 +18,7 @@ from specplug.errors import ConfigError, closest
 from specplug.metadata import SamplingParams
 
 MAX_SPECULATIVE_TOKENS = 64
+MAX_SAMPLING_SEED = 2**63 - 1  # torch generators take seeds below 2**64; one range for every entry point
 # how the embedded engine computes its linear layers (specplug/models/kernels.py): auto = measured
 LINEAR_KERNELS = ("auto", "linear", "w_x", "x_wt")
 
@@ -37,7 +38,42 @@ DEFAULTS: dict[str, Any] = {
     "linear_kernel": "auto",  # auto (fastest measured on this machine, cached), linear, w_x or x_wt
     "enforce_eager": False,  # true: never capture CUDA graphs (as in vLLM); CPU steps are always eager
     "compile": "auto",  # torch.compile the decode/verify steps: auto (= off: see docs/benchmarks.md), on, off
+    "serve": {},  # `specplug serve` only: see SERVE_DEFAULTS and docs/serving.md
 }
+
+SERVE_DEFAULTS: dict[str, Any] = {
+    "max_batch_size": 8,  # rows decoded together; later requests wait
+    "served_model_name": None,  # the model name clients see (default: `model`)
+    # name -> {proposer, num_speculative_tokens, adaptive_k}; the top-level proposer is always one
+    # (named after it), and `none` (plain decoding) always exists
+    "strategies": {},
+    "default_strategy": None,  # a strategy name or `auto` (default: the top-level proposer's)
+    "auto": {"strategy": None, "explore": 0.05},  # the strategy whose proposer auto drives (default: top-level)
+    "max_num_speculative_tokens": None,  # verify width bound for live swaps (default: the largest configured k)
+    "drain_timeout_s": 30.0,  # on SIGTERM, how long in-flight requests may finish
+    "sagemaker_stream": "jsonlines",  # /invocations streaming: jsonlines (LMI's default) or sse
+}
+STRATEGY_KEYS = {"proposer": None, "num_speculative_tokens": None, "adaptive_k": None}
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    proposer: PluginChoice
+    num_speculative_tokens: int
+    adaptive_k: bool
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    max_batch_size: int = 8
+    served_model_name: str | None = None
+    strategies: dict[str, StrategyConfig] = field(default_factory=dict)  # none and the top-level one included
+    default_strategy: str = "none"
+    auto_strategy: str | None = None  # None: no `auto`
+    auto_explore: float = 0.05
+    max_num_speculative_tokens: int = 1
+    drain_timeout_s: float = 30.0
+    sagemaker_stream: str = "jsonlines"
 
 
 @dataclass(frozen=True)
@@ -63,6 +99,7 @@ class Config:
     linear_kernel: str = "auto"
     enforce_eager: bool = False
     compile: str = "auto"
+    serve: ServeConfig = field(default_factory=ServeConfig)
     source: str = "defaults"  # where it came from, for messages
 
     @property
@@ -82,7 +119,24 @@ def config_to_dict(config: Config) -> dict[str, Any]:
                      "seed": sampling.seed},
         "max_model_len": config.max_model_len, "max_new_tokens": config.max_new_tokens,
         "stop": list(config.stop), "threads": config.threads, "linear_kernel": config.linear_kernel,
-        "enforce_eager": config.enforce_eager, "compile": config.compile,
+        "enforce_eager": config.enforce_eager, "compile": config.compile, "serve": _serve_to_dict(config),
+    }
+
+
+def _serve_to_dict(config: Config) -> dict[str, Any]:
+    serve = config.serve
+    implied = {config.proposer.name: StrategyConfig(config.proposer, config.num_speculative_tokens, config.adaptive_k),
+               "none": StrategyConfig(PluginChoice("none"), 1, False)}  # what _serve adds by itself
+    strategies = {name: s for name, s in serve.strategies.items() if implied.get(name) != s}
+    return {
+        "max_batch_size": serve.max_batch_size, "served_model_name": serve.served_model_name,
+        "strategies": {name: {"proposer": {"name": s.proposer.name, **s.proposer.options},
+                              "num_speculative_tokens": s.num_speculative_tokens, "adaptive_k": s.adaptive_k}
+                       for name, s in strategies.items()},
+        "default_strategy": serve.default_strategy,
+        "auto": {"strategy": serve.auto_strategy, "explore": serve.auto_explore},
+        "max_num_speculative_tokens": serve.max_num_speculative_tokens,
+        "drain_timeout_s": serve.drain_timeout_s, "sagemaker_stream": serve.sagemaker_stream,
     }
 
 
@@ -173,10 +227,7 @@ def validate(data: dict[str, Any], source: str = "defaults") -> Config:
     _require(isinstance(sampling, dict), "'sampling' must be a mapping (temperature, top_k, top_p, seed)")
     _check_keys("sampling", sampling, DEFAULTS["sampling"])
     sampling = {**DEFAULTS["sampling"], **sampling}
-    k = data["num_speculative_tokens"]
-    _require(_integer(k) and 1 <= k <= MAX_SPECULATIVE_TOKENS,
-             f"num_speculative_tokens must be an integer from 1 to {MAX_SPECULATIVE_TOKENS} (got {k!r}); "
-             "use proposer: {name: none} for plain decoding")
+    k = _speculative_tokens(data["num_speculative_tokens"], "num_speculative_tokens")
     temperature = sampling["temperature"]
     _require(isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature >= 0,
              f"sampling.temperature must be a number >= 0 (got {temperature!r}); 0 means greedy")
@@ -185,8 +236,8 @@ def validate(data: dict[str, Any], source: str = "defaults") -> Config:
     top_p = sampling["top_p"]
     _require(isinstance(top_p, (int, float)) and 0 < top_p <= 1,
              f"sampling.top_p must be in (0, 1] (got {top_p!r}); 1 turns it off")
-    _require(sampling["seed"] is None or _integer(sampling["seed"]),
-             f"sampling.seed must be an integer or null (got {sampling['seed']!r})")
+    _require(sampling["seed"] is None or (_integer(sampling["seed"]) and 0 <= sampling["seed"] <= MAX_SAMPLING_SEED),
+             f"sampling.seed must be an integer from 0 to {MAX_SAMPLING_SEED} or null (got {sampling['seed']!r})")
     for key in ("max_model_len", "max_new_tokens"):
         _require(_integer(data[key]) and data[key] >= 1, f"{key} must be an integer >= 1 (got {data[key]!r})")
     for key in ("adaptive_k", "enforce_eager"):
@@ -213,5 +264,101 @@ def validate(data: dict[str, Any], source: str = "defaults") -> Config:
         sampling=SamplingParams(float(temperature), sampling["top_k"], float(top_p), sampling["seed"]),
         max_model_len=data["max_model_len"], max_new_tokens=data["max_new_tokens"], stop=tuple(stop),
         threads=data["threads"], linear_kernel=data["linear_kernel"], enforce_eager=data["enforce_eager"],
-        compile=data["compile"], source=source,
+        compile=data["compile"], serve=_serve(data, k), source=source,
     )
+
+
+def _speculative_tokens(k: Any, key: str) -> int:
+    _require(_integer(k) and 1 <= k <= MAX_SPECULATIVE_TOKENS,
+             f"{key} must be an integer from 1 to {MAX_SPECULATIVE_TOKENS} (got {k!r}); "
+             "use proposer: {name: none} for plain decoding")
+    return k
+
+
+def _serve(data: dict[str, Any], k: int) -> ServeConfig:
+    serve = data["serve"] or {}
+    _require(isinstance(serve, dict), "'serve' must be a mapping (see docs/serving.md)")
+    _check_keys("serve", serve, SERVE_DEFAULTS)
+    serve = {**SERVE_DEFAULTS, **serve}
+    auto = serve["auto"] or {}
+    _require(isinstance(auto, dict), "serve.auto must be a mapping (strategy, explore)")
+    _check_keys("serve.auto", auto, SERVE_DEFAULTS["auto"])
+    auto = {**SERVE_DEFAULTS["auto"], **auto}
+    top = _choice(data, "proposer")
+    strategies = {top.name: StrategyConfig(top, k, data["adaptive_k"]),
+                  "none": StrategyConfig(PluginChoice("none"), 1, False)}
+    _require(isinstance(serve["strategies"], dict),
+             "serve.strategies must map names to {proposer, num_speculative_tokens}")
+    for name, entry in serve["strategies"].items():
+        strategies[str(name)] = _strategy(f"serve.strategies.{name}", entry, k, data["adaptive_k"])
+    _require("auto" not in serve["strategies"], "serve.strategies: 'auto' is reserved; configure it under serve.auto")
+    auto_strategy = auto["strategy"] or (top.name if top.name != "none" else None)
+    _require(auto_strategy is None or auto_strategy in strategies,
+             f"serve.auto.strategy '{auto_strategy}' is not a configured strategy"
+             f"{closest(str(auto_strategy), strategies)}")
+    default = serve["default_strategy"] or top.name
+    known = [*strategies, *(["auto"] if auto_strategy else [])]
+    _require(default in known, f"serve.default_strategy '{default}' is not a configured strategy"
+                               f"{closest(str(default), known)}; known: {', '.join(known)}")
+    explore = auto["explore"]
+    _require(isinstance(explore, (int, float)) and not isinstance(explore, bool) and 0 <= explore < 1,
+             f"serve.auto.explore must be a number in [0, 1) (got {explore!r})")
+    widest = max(s.num_speculative_tokens for s in strategies.values())
+    bound = serve["max_num_speculative_tokens"] or widest
+    _speculative_tokens(bound, "serve.max_num_speculative_tokens")
+    _require(bound >= widest, f"serve.max_num_speculative_tokens ({bound}) is below a configured strategy's "
+                              f"num_speculative_tokens ({widest})")
+    _require(_integer(serve["max_batch_size"]) and serve["max_batch_size"] >= 1,
+             f"serve.max_batch_size must be an integer >= 1 (got {serve['max_batch_size']!r})")
+    drain = serve["drain_timeout_s"]
+    _require(isinstance(drain, (int, float)) and not isinstance(drain, bool) and drain >= 0,
+             f"serve.drain_timeout_s must be a number of seconds >= 0 (got {drain!r})")
+    _require(serve["sagemaker_stream"] in ("jsonlines", "sse"),
+             f"serve.sagemaker_stream must be jsonlines or sse (got {serve['sagemaker_stream']!r})")
+    name = serve["served_model_name"]
+    _require(name is None or (isinstance(name, str) and name), "serve.served_model_name must be a non-empty string")
+    return ServeConfig(serve["max_batch_size"], name, strategies, default, auto_strategy, float(explore), bound,
+                       float(drain), serve["sagemaker_stream"])
+
+
+def _strategy(where: str, entry: Any, k: int, adaptive_k: bool) -> StrategyConfig:
+    if isinstance(entry, str):
+        entry = {"proposer": entry}
+    _require(isinstance(entry, dict),
+             f"{where} must be a mapping: {{proposer: {{name: ...}}, num_speculative_tokens: N}}")
+    _check_keys(where, entry, STRATEGY_KEYS)
+    _require("proposer" in entry, f"{where} needs a proposer, e.g. proposer: {{name: ngram}}")
+    proposer = _choice({"proposer": entry["proposer"]}, "proposer")
+    strategy_k = _speculative_tokens(entry.get("num_speculative_tokens", k), f"{where}.num_speculative_tokens")
+    adaptive = entry.get("adaptive_k", adaptive_k)
+    _require(isinstance(adaptive, bool), f"{where}.adaptive_k must be true or false (got {adaptive!r})")
+    return StrategyConfig(proposer, strategy_k, adaptive)
+
+
+def with_overrides(config: Config, overrides: dict[str, Any], source: str) -> Config:
+    """``config`` with a mapping of changes merged over it (as a config file's keys), validated."""
+    data = config_to_dict(config)
+    _merge(data, overrides)
+    return validate(data, source=source)
+
+
+class ConfigWatcher:
+    """Notices a changed config file (modification time, size or inode: an atomic replace counts)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.seen = self._signature()
+
+    def _signature(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size, st.st_ino
+
+    def changed(self) -> bool:
+        signature = self._signature()
+        if signature == self.seen:
+            return False
+        self.seen = signature
+        return True

@@ -17,6 +17,7 @@ from specplug.models.loader import (compact_from_hf, load_hf_model, load_tokeniz
                                     resolve_model)
 from specplug.metadata import ProposerContext, SamplingParams
 from specplug.plugins import load_registry
+from specplug.proposers.base import Proposer
 from specplug.prompts import Prompt, encode_prompt
 from specplug.registry import Registry
 
@@ -39,7 +40,8 @@ def eos_ids(hf_model, tokenizer) -> list[int]:
 class LLM:
     """Loads the target model once and serves ``generate`` calls with the configured proposer."""
 
-    def __init__(self, config: Config | None = None, registry: Registry | None = None, max_batch_size: int = 1):
+    def __init__(self, config: Config | None = None, registry: Registry | None = None, max_batch_size: int = 1,
+                 max_speculative_tokens: int | None = None):
         self.config = config or load_config()
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
@@ -54,20 +56,24 @@ class LLM:
         self.model = compact_from_hf(hf_model, dtype, device, self.config.linear_kernel)
         del hf_model
         self.max_batch_size = max_batch_size
+        self.max_speculative_tokens = max_speculative_tokens  # verify width bound (default: the config's k)
         self._build_engine()
 
     def _build_engine(self) -> None:
         config = self.config
-        context = ProposerContext(config.num_speculative_tokens, self.model.shape.vocab_size,
-                                  self.model.device, self.max_batch_size, config.max_model_len,
-                                  self.tokenizer, self.model, config.enforce_eager)
-        self.proposer = self.registry.create("proposer", config.proposer.name, context,
-                                             options=config.proposer.options)
+        self.proposer = self.make_proposer(config.proposer, config.num_speculative_tokens)
         self.verifier = self.registry.create("verifier", config.verifier.name, options=config.verifier.options)
         self.engine = Engine(self.model, self.tokenizer, self.proposer, self.verifier,
                              config.num_speculative_tokens, self.max_batch_size, config.max_model_len,
                              config.seed, self.eos_token_ids, config.adaptive_k, config.enforce_eager,
-                             compiled=config.compile == "on")
+                             compiled=config.compile == "on", max_speculative_tokens=self.max_speculative_tokens)
+
+    def make_proposer(self, choice: PluginChoice, num_speculative_tokens: int) -> Proposer:
+        """A new proposer for this LLM's engine (its own per-row state), from a configured choice."""
+        context = ProposerContext(num_speculative_tokens, self.model.shape.vocab_size, self.model.device,
+                                  self.max_batch_size, self.config.max_model_len, self.tokenizer, self.model,
+                                  self.config.enforce_eager)
+        return self.registry.create("proposer", choice.name, context, options=choice.options)
 
     def variant(self, proposer: str | None = None, num_speculative_tokens: int | None = None,
                 max_batch_size: int | None = None, sampling: SamplingParams | None = None,

@@ -21,7 +21,7 @@ from specplug.metadata import DraftRequest  # noqa: E402
 from specplug.proposers.ngram import NgramProposer  # noqa: E402
 from specplug_vllm import Proposer, check_vllm_version, plugin  # noqa: E402
 from specplug_vllm.rows import RowTracker  # noqa: E402
-from specplug_vllm.strategy import ConfigWatcher  # noqa: E402
+from specplug.config import ConfigWatcher  # noqa: E402
 
 BOUND = 4  # vLLM's num_speculative_tokens in these tests
 MAX_LEN = 64

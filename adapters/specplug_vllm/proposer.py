@@ -17,13 +17,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from specplug.config import ConfigWatcher
 from specplug.errors import SpecplugError
 from specplug.metadata import DraftRequest, VerifyOutcome
 from specplug.proposers.base import check_drafts, next_draft_length
 from specplug_vllm.plugin import check_vllm_version, installed_vllm_version
 from specplug_vllm.rows import RowTracker, TrackedRow
 from specplug_vllm.stats import AdapterStats
-from specplug_vllm.strategy import ConfigWatcher, EngineShape, Strategy, StrategyBuilder
+from specplug_vllm.strategy import EngineShape, Strategy, StrategyBuilder
 
 logger = logging.getLogger("vllm.specplug")
 

@@ -8,7 +8,6 @@ vLLM's. ``num_speculative_tokens`` must not exceed vLLM's ``num_speculative_toke
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,25 +90,3 @@ class StrategyBuilder:
     def target(self, dtype: str) -> CompactLlama:
         """A copy of vLLM's target in specplug's layout (vLLM's own weights are paged and repacked)."""
         return load_compact_model(Path(self.shape.model_dir), parse_dtype(dtype), torch.device(self.shape.device))
-
-
-class ConfigWatcher:
-    """Notices a changed config file (modification time, size or inode: an atomic replace counts)."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self.seen = self._signature()
-
-    def _signature(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return st.st_mtime_ns, st.st_size, st.st_ino
-
-    def changed(self) -> bool:
-        signature = self._signature()
-        if signature == self.seen:
-            return False
-        self.seen = signature
-        return True

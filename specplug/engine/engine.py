@@ -81,6 +81,7 @@ class StepOutput:
     new_token_ids: list[int]
     finish_reason: str | None  # "stop", "length" or None while running
     row: Row
+    num_draft: int = 0  # tokens the row drafted this step (0 at prefill)
     num_accepted: int = 0  # of this step's drafts, counted in new_token_ids
     logprobs: list[TokenLogprob] | None = None  # one per new token when the request asked for them
 
@@ -260,7 +261,7 @@ class Engine:
             outcomes.setdefault(row.strategy, []).append(
                 VerifyOutcome(row.request.request_id, len(draft.token_ids), accepted, tuple(emitted)))
             out = self._extend(row, emitted)
-            out.num_accepted = min(accepted, len(out.new_token_ids))  # cut at a stop
+            out.num_draft, out.num_accepted = len(draft.token_ids), min(accepted, len(out.new_token_ids))
             if row.request.logprobs is not None:
                 out.logprobs = token_logprobs(logits[i], out.new_token_ids, row.request.logprobs)
             outputs.append(out)

@@ -20,5 +20,10 @@ class StopChecker:
 
     def cut(self, text: str) -> str:
         """``text`` up to the first stop string (the whole text when none occurs)."""
-        positions = [i for i in (text.find(s) for s in self.stop) if i >= 0]
-        return text[: min(positions)] if positions else text
+        return cut_at_stop(text, self.stop)[0]
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """``text`` before the first stop string, and whether one was found."""
+    positions = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return (text[: min(positions)], True) if positions else (text, False)

@@ -1,0 +1,1 @@
+"""``specplug serve``: the embedded engine behind OpenAI, TGI and SageMaker-LMI HTTP protocols."""

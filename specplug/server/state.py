@@ -1,0 +1,121 @@
+"""The serving state: one engine (in its worker thread), the named strategies, live swaps.
+
+A swap builds every strategy of the new config first; only when all of them start does it replace the
+table and the engine's default (on the engine thread, between steps). Rows in flight keep the strategy
+they started with. Anything that needs a new engine (model, dtype, batch size...) is refused by name.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from specplug.config import Config, load_config, with_overrides
+from specplug.engine.auto import AutoDraftLength
+from specplug.engine.strategy import Strategy
+from specplug.errors import ConfigError, SpecplugError
+from specplug.llm import LLM
+from specplug.models.costs import cost_by_width
+from specplug.server.metrics import Metrics
+from specplug.server.worker import EngineWorker
+
+logger = logging.getLogger("specplug.server")
+
+# keys a running server cannot change: they shape the engine it built at start
+FIXED_KEYS = ("model", "dtype", "device", "max_model_len", "threads", "linear_kernel", "enforce_eager", "compile",
+              "verifier")
+
+
+class Server:
+    def __init__(self, config: Config, config_path: str | None = None, overrides: list[str] | None = None):
+        self.config_path, self.overrides = config_path, list(overrides or [])
+        serve = config.serve
+        self.llm = LLM(config, max_batch_size=serve.max_batch_size,
+                       max_speculative_tokens=serve.max_num_speculative_tokens)
+        self.prior_ms: dict[int, float] | None = None  # auto's forward-cost prior, measured once when needed
+        self.metrics = Metrics()
+        self.config = config
+        self.strategies = self._build(config)
+        self.llm.engine.strategy = self.strategies[serve.default_strategy]
+        self.worker = EngineWorker(self.llm.engine, self.llm.tokenizer, self.metrics)
+        self._swap_lock = threading.Lock()
+
+    @property
+    def model_name(self) -> str:
+        return self.config.serve.served_model_name or self.config.model
+
+    @property
+    def default_strategy(self) -> str:
+        return self.config.serve.default_strategy
+
+    def strategy(self, name: str | None) -> Strategy | None:
+        """The strategy a request named (None: the default when its row starts)."""
+        if name is None:
+            return None
+        if name not in self.strategies:
+            raise ConfigError(f"unknown strategy '{name}'; this server has: {', '.join(self.strategies)}")
+        return self.strategies[name]
+
+    # ---- building and swapping ------------------------------------------------------------------
+    def _build(self, config: Config) -> dict[str, Strategy]:
+        serve, engine = config.serve, self.llm.engine
+        table = {}
+        for name, entry in serve.strategies.items():
+            table[name] = Strategy(name, self._proposer(name, entry), entry.num_speculative_tokens, entry.adaptive_k)
+            engine.check_strategy(table[name])
+        if serve.auto_strategy is not None:
+            base = serve.strategies[serve.auto_strategy]
+            policy = AutoDraftLength(base.num_speculative_tokens, self._prior(), serve.auto_explore)
+            table["auto"] = Strategy("auto", self._proposer("auto", base), base.num_speculative_tokens, policy=policy)
+        return table
+
+    def _proposer(self, name: str, entry):
+        try:
+            return self.llm.make_proposer(entry.proposer, entry.num_speculative_tokens)
+        except SpecplugError:
+            raise
+        except Exception as exc:  # a third-party factory may raise anything: refuse the config, keep serving
+            raise ConfigError(f"strategy '{name}': proposer '{entry.proposer.name}' failed to start "
+                              f"({type(exc).__name__}: {exc})") from None
+
+    def _prior(self) -> dict[int, float]:
+        """Forward cost by token count at batch 1, from 1 to a full batch of the widest verify."""
+        if self.prior_ms is None:
+            engine = self.llm.engine
+            most = engine.max_batch_size * (engine.max_k + 1)
+            counts = sorted({1, 2, 3, 4, *(2**i for i in range(3, most.bit_length() + 1)), most})
+            self.prior_ms = cost_by_width(self.llm.model, [c for c in counts if c <= max(most, 4)], repeats=2)
+        return self.prior_ms
+
+    def swap(self, config: Config) -> None:
+        """Make ``config`` live, or raise ConfigError and keep the current one."""
+        with self._swap_lock:
+            try:
+                self._check_fixed(config)
+                table = self._build(config)
+            except SpecplugError as exc:
+                self.metrics.swaps.labels("refused").inc()
+                raise ConfigError(f"config from {config.source} refused, the current one keeps serving: {exc}") \
+                    from None
+            default = table[config.serve.default_strategy]
+            self.config, self.strategies = config, table
+            self.worker.call(lambda: setattr(self.llm.engine, "strategy", default))
+            self.metrics.swaps.labels("applied").inc()
+            logger.info("specplug: strategy '%s' is now the default (config from %s)", default.name, config.source)
+
+    def _check_fixed(self, config: Config) -> None:
+        changed = [key for key in FIXED_KEYS if getattr(config, key) != getattr(self.config, key)]
+        if config.serve.max_batch_size != self.config.serve.max_batch_size:
+            changed.append("serve.max_batch_size")
+        if changed:
+            raise ConfigError(f"{', '.join(changed)} cannot change while serving: restart the server")
+
+    def reload(self) -> None:
+        """Re-read the config file (SIGHUP or a change on disk)."""
+        if self.config_path is None:
+            raise ConfigError("the server was started without --config: nothing to reload")
+        self.swap(load_config(self.config_path, self.overrides))
+
+    def apply(self, overrides: dict) -> None:
+        """``POST /admin/config``: a mapping of config keys merged over the live config."""
+        self.swap(with_overrides(self.config, overrides, source="POST /admin/config"))
