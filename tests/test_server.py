@@ -324,3 +324,65 @@ def test_metrics_and_health(served):
                  "specplug:time_to_first_token_seconds_bucket", "specplug:inter_token_latency_seconds_bucket",
                  "specplug:num_requests_running"):
         assert name in names, name
+
+
+# ---- the real command: file watch, SIGHUP, SIGTERM drain ----------------------------------------------
+def test_serve_command_swaps_on_file_change_and_sighup_and_drains_on_sigterm(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = tmp_path / "serve.yaml"
+    data = {"proposer": {"name": "ngram"}, "serve": {"max_batch_size": 2, "drain_timeout_s": 60}}
+    config.write_text(yaml.safe_dump(data))
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if k != ADMIN_TOKEN_ENV}
+    proc = subprocess.Popen([sys.executable, "-m", "specplug.cli", "serve", "--config", str(config), "--port",
+                             str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(base + "/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.3)
+
+        def swaps(outcome):
+            return metric(base, "specplug:strategy_swaps_total", outcome=outcome)
+
+        def wait_for(condition):
+            end = time.time() + 20
+            while not condition() and time.time() < end:
+                time.sleep(0.2)
+            return condition()
+
+        data["serve"]["default_strategy"] = "none"
+        config.write_text(yaml.safe_dump(data))  # the watcher notices
+        assert wait_for(lambda: swaps("applied") == 1)
+        config.write_text(yaml.safe_dump({**data, "proposer": {"name": "nope"}}))  # refused, logged; old one serves
+        assert wait_for(lambda: swaps("refused") == 1)
+        data["serve"]["default_strategy"] = "ngram"
+        config.write_text(yaml.safe_dump(data))
+        assert wait_for(lambda: swaps("applied") == 2)
+        proc.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: swaps("applied") == 3)
+
+        lines = []
+        with httpx.stream("POST", base + "/v1/completions", timeout=120,
+                          json={"prompt": "Once upon a time", "max_tokens": 40, "stream": True}) as response:
+            for n, line in enumerate(response.iter_lines()):
+                if n == 2:
+                    proc.send_signal(signal.SIGTERM)  # drain: this stream still finishes
+                if line.startswith("data: {"):
+                    lines.append(json.loads(line[6:]))
+        assert lines[-1]["choices"][0]["finish_reason"] in ("length", "stop")
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = proc.stdout.read()
+    assert "refused" in log and "unknown proposer 'nope'" in log and "Traceback" not in log, log

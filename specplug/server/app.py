@@ -158,7 +158,13 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(request, 500, f"internal error ({type(exc).__name__}); the server logged the details")
 
 
+def _exit_cleanly(signum, frame) -> None:
+    raise SystemExit(0)
+
+
 def run(config_path: str | None, overrides: list[str], host: str, port: int) -> None:
+    # uvicorn drains on SIGTERM, then re-raises it to whatever handled it before: a clean exit, not a kill
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     config = load_config(config_path, overrides)
     server = Server(config, config_path, overrides)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
