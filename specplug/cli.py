@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 from specplug.errors import SpecplugError
 
@@ -32,7 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--prompt", help="raw prompt text")
     source.add_argument("--prompts-file", help='JSONL: {"prompt": ...} or {"messages": [...]} per line')
     gen.add_argument("--batch-size", type=int, default=1, help="rows decoded together (default 1)")
-    gen.add_argument("--json", action="store_true", help="one JSON object per prompt on stdout, in input order")
+    gen.add_argument("--json", action="store_true", help="one JSON object per prompt on stdout, in input order, "
+                                                         "each written as soon as it and every earlier prompt are done")
+    gen.add_argument("--output", help="also write the JSON objects to this file (a line per prompt, flushed)")
+    gen.add_argument("--resume", action="store_true", help="with --output: skip the prompts already in that file "
+                                                           "and append the rest")
+    gen.add_argument("--quiet", action="store_true", help="no progress bar (it shows only when stderr is a terminal)")
     gen.add_argument("--compare-plain", action="store_true",
                      help="then decode the same prompts without speculation (same engine) and print one line: "
                           "tok/s of both and whether the tokens are identical")
@@ -142,24 +149,54 @@ def cmd_generate(args: argparse.Namespace) -> int:
     _check_sizes(args)
     config = load_config(args.config, args.overrides)
     prompts = [args.prompt] if args.prompt is not None else read_prompts_file(args.prompts_file)
-    llm = LLM(config, max_batch_size=args.batch_size)
-    stream = None if args.json or args.batch_size > 1 else TextStream(llm.tokenizer, config.stop)
+    output = Path(args.output) if args.output else None
+    todo = _prompts_to_do(args, output, len(prompts))
+    if not todo:
+        print(f"specplug: every prompt is already in {output}; nothing to do", file=sys.stderr)
+        return 0
+    llm = LLM(config, max_batch_size=min(args.batch_size, len(todo)))  # rows that can actually run at once
     if args.compare_plain:
         llm.generate(prompts[:1], 4)  # the first forwards of a process are slow: keep them out of the timing
-    started = time.perf_counter()
-    completions = llm.generate(prompts, args.max_new_tokens, on_step=stream)
-    seconds = time.perf_counter() - started
-    for c in completions:
-        if args.json:
-            print(json.dumps({"index": c.index, "text": c.text, "token_ids": c.token_ids,
-                              "finish_reason": c.finish_reason, "stats": c.stats}), flush=True)
-            continue
-        if stream is None:
-            print(f"--- prompt {c.index}\n{c.text}")
-        print(summary_line(c.stats, c.finish_reason), file=sys.stderr)
+    with contextlib.ExitStack() as stack:
+        results = _results(args, llm, output, todo, len(prompts), stack)
+        started = time.perf_counter()
+        try:
+            completions = llm.generate([prompts[i] for i in todo], args.max_new_tokens, on_step=results.on_step)
+        except KeyboardInterrupt:
+            kept = f"; their results are in {output}" if output else ""
+            print(f"\nspecplug: interrupted: {results.written} of {len(todo)} prompts done{kept}", file=sys.stderr)
+            return 130
+        seconds = time.perf_counter() - started
     if args.compare_plain:
-        print(compare_with_plain(llm, prompts, completions, seconds, args.max_new_tokens), file=sys.stderr)
+        print(compare_with_plain(llm, [prompts[i] for i in todo], completions, seconds, args.max_new_tokens),
+              file=sys.stderr)
     return 0
+
+
+def _prompts_to_do(args: argparse.Namespace, output: Path | None, count: int) -> list[int]:
+    if not args.resume:
+        return list(range(count))
+    from specplug.results import done_indices
+
+    if output is None:
+        raise SpecplugError("--resume needs --output FILE: the results file of the run to continue")
+    done = done_indices(output)
+    return [i for i in range(count) if i not in done]
+
+
+def _results(args: argparse.Namespace, llm, output: Path | None, todo: list[int], total: int,
+             stack: contextlib.ExitStack):
+    from specplug.results import OrderedResults, Progress
+
+    json_outs = [sys.stdout] if args.json else []
+    if output is not None:
+        json_outs.append(stack.enter_context(output.open("a" if args.resume else "w", encoding="utf-8")))
+    progress = None
+    if args.prompts_file and not args.quiet and sys.stderr.isatty():
+        progress = Progress(total, total - len(todo))
+        stack.callback(progress.close)
+    return OrderedResults(llm.tokenizer, llm.config.stop, todo, llm.completion, json_outs,
+                          None if args.json else sys.stdout, progress)
 
 
 def compare_with_plain(llm, prompts, completions, seconds: float, max_new_tokens: int | None) -> str:
@@ -175,39 +212,8 @@ def compare_with_plain(llm, prompts, completions, seconds: float, max_new_tokens
                f"tokens differ from plain decoding for prompt(s) {differing}: run `specplug bench` on them to "
                "see whether each is a rounding near-tie")
     return (f"[{llm.config.proposer.name} vs plain] {speed:.1f} tok/s vs {plain_speed:.1f} tok/s without "
-            f"speculation ({speed / plain_speed:.2f}x on the same engine; {tokens} and {plain_tokens} tokens); {verdict}")
-
-
-def summary_line(stats: dict, finish_reason: str) -> str:
-    return (f"[{stats['proposer']} k={stats['num_speculative_tokens']}] {stats['generated_tokens']} tokens "
-            f"in {stats['wall_time_s']:.2f} s ({stats['tokens_per_second']:.1f} tok/s), "
-            f"acceptance {stats['acceptance_rate']:.0%}, {stats['mean_accepted_per_step']:.2f} accepted/step, "
-            f"{stats['target_forwards']} target forwards, finish: {finish_reason}")
-
-
-class TextStream:
-    """Prints a single row's text as tokens are accepted, holding back what a stop string may cut."""
-
-    def __init__(self, tokenizer, stop: Sequence[str]):
-        self.tokenizer, self.printed = tokenizer, ""
-        self.hold = max((len(s) for s in stop), default=1) - 1
-
-    def __call__(self, output) -> None:
-        row = output.row
-        text = self.tokenizer.decode(row.token_ids[len(row.request.prompt_token_ids):], skip_special_tokens=True)
-        if output.finish_reason is not None:
-            if output.finish_reason == "stop":
-                text = row.stopper.cut(text)
-            ready = text
-        else:
-            ready = text[: len(text) - self.hold].rstrip("\ufffd")  # incomplete UTF-8 sequences
-        if len(ready) > len(self.printed):
-            sys.stdout.write(ready[len(self.printed):])
-            sys.stdout.flush()
-            self.printed = ready
-        if output.finish_reason is not None:
-            sys.stdout.write("\n")
-            sys.stdout.flush()
+            f"speculation ({speed / plain_speed:.2f}x on the same engine; {tokens} and {plain_tokens} tokens); "
+            f"{verdict}")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

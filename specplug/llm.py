@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 
 from specplug.config import Config, PluginChoice, load_config
+from specplug.errors import ConfigError
 from specplug.engine.engine import Engine, Request, Row, StepOutput
 from specplug.models.loader import (compact_from_hf, load_hf_model, load_tokenizer, parse_device, parse_dtype,
                                     resolve_model)
@@ -57,9 +59,19 @@ class LLM:
         del hf_model
         self.max_batch_size = max_batch_size
         self.max_speculative_tokens = max_speculative_tokens  # verify width bound (default: the config's k)
+        self._check_context()
         self._build_engine()
 
+    def _check_context(self) -> None:
+        widest = max(self.max_speculative_tokens or 0, self.config.num_speculative_tokens)
+        limit = self.model.shape.max_positions - widest
+        if self.config.max_model_len > limit:
+            raise ConfigError(f"max_model_len is {self.config.max_model_len}; this model holds at most "
+                              f"{self.model.shape.max_positions} positions, {limit} with k = {widest} drafts "
+                              f"verified past the end: set max_model_len <= {limit}")
+
     def _build_engine(self) -> None:
+        self.lock = threading.Lock()  # one generate at a time: calls from other threads wait their turn
         config = self.config
         self.proposer = self.make_proposer(config.proposer, config.num_speculative_tokens)
         self.verifier = self.registry.create("verifier", config.verifier.name, options=config.verifier.options)
@@ -105,6 +117,10 @@ class LLM:
                      seeds: Sequence[int | None] | None = None) -> list[Completion]:
         """``generate`` for prompts that are already token ids. Each prompt samples with its own seed:
         ``seeds[i]``, else the config's ``sampling.seed`` (null: a fresh one per prompt)."""
+        with self.lock:
+            return self._generate_ids(prompts, max_new_tokens, on_step, seeds)
+
+    def _generate_ids(self, prompts, max_new_tokens, on_step, seeds) -> list[Completion]:
         seeds = list(seeds) if seeds is not None else [self.config.sampling.seed] * len(prompts)
         requests = [Request(i, list(ids), max_new_tokens or self.config.max_new_tokens,
                             dataclasses.replace(self.config.sampling, seed=seed), self.config.stop)

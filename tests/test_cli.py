@@ -88,3 +88,104 @@ def test_bench_compares_three_methods_and_checks_outputs(tmp_path):
     assert [r["method"] for r in result["results"]] == ["hf_generate", "plain", "ngram"]
     assert result["greedy"] and result["identical"]
     assert all(r["tokens_per_second"] > 0 for r in result["results"])
+
+
+# ---- the main job under real use (issue 10) ------------------------------------------------------------
+def two_prompts(tmp_path):
+    path = tmp_path / "two.jsonl"
+    path.write_text('{"prompt": "One, two, three,"}\n{"prompt": "The history of the Roman Empire is"}\n')
+    return path
+
+
+@pytest.mark.parametrize("batch", ["1", "4"])
+def test_text_mode_prints_every_prompt_in_full_in_order(tmp_path, batch):
+    path = two_prompts(tmp_path)
+    args = ["generate", "--prompts-file", str(path), "--max-new-tokens", "30", "--batch-size", batch]
+    text = specplug(*args).stdout
+    results = [json.loads(line) for line in specplug(*args, "--json").stdout.splitlines()]
+    expected = "".join(f"--- prompt {r['index']}\n{r['text']}\n" for r in results)
+    assert text == expected
+    assert len(results[1]["text"]) > 40  # the second answer is printed whole, not cut or blank
+
+
+def test_batch_size_is_capped_by_the_prompts_and_checked_against_memory():
+    result = specplug("generate", "--prompt", "Hi", "--max-new-tokens", "4", "--batch-size", "1000")
+    assert "tokens" in result.stderr  # one prompt: a cache of one row, not of 1000
+    import torch
+
+    from specplug.models.kv_cache import StaticKVCache
+    from specplug.errors import SpecplugError
+
+    with pytest.raises(SpecplugError, match=r"needs .* GB .* use at most \d+ rows"):
+        StaticKVCache(30, 100_000, 3, 2051, 64, torch.float32)
+
+
+def test_json_results_stream_in_order_and_resume_skips_what_is_done(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Count: {i}, {i + 1},"}) + "\n" for i in range(5)))
+    out = tmp_path / "out.jsonl"
+    first = [json.loads(line) for line in specplug("generate", "--prompts-file", str(prompts), "--max-new-tokens",
+                                                   "6", "--batch-size", "2", "--json").stdout.splitlines()]
+    out.write_text("".join(json.dumps(row) + "\n" for row in first[:2]))  # an interrupted run's file
+    result = specplug("generate", "--prompts-file", str(prompts), "--max-new-tokens", "6", "--batch-size", "2",
+                      "--output", str(out), "--resume", "--json")
+    resumed = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["index"] for r in resumed] == [2, 3, 4]  # only what was missing
+    assert [r["token_ids"] for r in resumed] == [r["token_ids"] for r in first[2:]]
+    assert [json.loads(line)["index"] for line in out.read_text().splitlines()] == [0, 1, 2, 3, 4]
+    again = specplug("generate", "--prompts-file", str(prompts), "--output", str(out), "--resume")
+    assert "nothing to do" in again.stderr
+
+
+def test_ctrl_c_keeps_the_finished_results(tmp_path):
+    import signal
+    import time
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Story number {i}:"}) + "\n" for i in range(40)))
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "specplug.cli", "generate", "--prompts-file", str(prompts),
+                             "--max-new-tokens", "24", "--output", str(out), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    kept = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(kept) >= 2 and [r["index"] for r in kept] == list(range(len(kept)))
+    assert f"interrupted: {len(kept)} of 40 prompts done" in stderr and "Traceback" not in stderr
+    assert len(stdout.splitlines()) == len(kept)  # stdout got the same results, streamed
+
+
+def test_progress_bar_in_a_terminal(tmp_path):
+    """Run under a pseudo-terminal: the bar shows on stderr; --quiet and a pipe turn it off."""
+    import os
+    import pty
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Number {i}:"}) + "\n" for i in range(3)))
+    args = [sys.executable, "-m", "specplug.cli", "generate", "--prompts-file", str(prompts), "--max-new-tokens",
+            "4", "--json"]
+
+    def run_in_pty(extra):
+        pid, fd = pty.fork()
+        if pid == 0:
+            os.execv(sys.executable, [*args, *extra])
+        chunks = []
+        while True:
+            try:
+                data = os.read(fd, 4096)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        os.waitpid(pid, 0)
+        return b"".join(chunks).decode(errors="replace")
+
+    shown = run_in_pty([])
+    assert "3/3" in shown and "prompt" in shown and "tok/s" in shown
+    assert "3/3" not in run_in_pty(["--quiet"])
+    assert "3/3" not in specplug(*args[3:]).stderr  # stderr is a pipe: no bar

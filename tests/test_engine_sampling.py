@@ -72,3 +72,24 @@ def test_logprobs_with_speculation_equal_those_of_plain_decoding(llm):
         assert a.logprob <= 0 and a.top[0][1] >= a.logprob - 1e-6  # the best is at least the chosen
         assert [t for t, _ in a.top] == [t for t, _ in b.top]
         assert max(abs(x - y) for (_, x), (_, y) in zip(a.top, b.top)) < 1e-4
+
+
+def test_one_llm_from_two_threads_gives_each_caller_its_own_output(llm):
+    """Calls from several threads are serialised: each result equals the same call made alone."""
+    import threading
+
+    variant = llm.variant("ngram")
+    prompts = [variant.encode(p) for p in GROUNDED + OPEN_ENDED]
+    alone = [variant.generate_ids([ids], 16)[0].token_ids for ids in prompts]
+    results = {}
+
+    def call(i):
+        results[i] = variant.generate_ids([prompts[i]], 16)[0].token_ids
+
+    for _ in range(2):
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(prompts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [results[i] for i in range(len(prompts))] == alone

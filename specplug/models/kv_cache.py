@@ -11,6 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from specplug.errors import SpecplugError
+
+MEMORY_SHARE = 0.9  # of the memory available now that one cache may take
+
 
 class StaticKVCache(nn.Module):
     def __init__(
@@ -25,6 +29,8 @@ class StaticKVCache(nn.Module):
     ):
         super().__init__()
         shape = (slots, kv_heads, max_len, head_dim)
+        check_fits(2 * num_layers * slots * kv_heads * max_len * head_dim * dtype.itemsize, slots, max_len,
+                   torch.device(device))
         for layer in range(num_layers):
             self.register_buffer(f"k{layer}", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
             self.register_buffer(f"v{layer}", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
@@ -71,3 +77,28 @@ class StaticKVCache(nn.Module):
             last.slot = row.slot
             rows[row.slot] = last
         self.lengths[len(rows)] = 0
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory free for a new allocation on ``device`` (None where it cannot be read)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as meminfo:
+            fields = dict(line.split(":", 1) for line in meminfo)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def check_fits(needed: int, slots: int, max_len: int, device: torch.device) -> None:
+    """Refuse, in one line, a cache that cannot fit, before allocating any of it."""
+    free = available_bytes(device)
+    if free is None or needed <= MEMORY_SHARE * free:
+        return
+    per_row = needed / slots
+    rows = int(MEMORY_SHARE * free // per_row)
+    raise SpecplugError(
+        f"a KV cache of {slots} rows x {max_len} positions needs {needed / 1e9:.1f} GB and {free / 1e9:.1f} GB is "
+        f"available on {device.type}: use at most {rows} rows (--batch-size, serve.max_batch_size) or a smaller "
+        "max_model_len")

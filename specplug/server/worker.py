@@ -22,7 +22,7 @@ from specplug.engine.strategy import Strategy
 from specplug.errors import SpecplugError
 from specplug.metadata import SamplingParams
 from specplug.server.metrics import Metrics
-from specplug.server.text import TextStream
+from specplug.engine.text import TextStream
 
 
 @dataclass
