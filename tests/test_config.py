@@ -77,3 +77,40 @@ def test_proposer_switch_keeps_options_given_beside_it_in_any_order():
     for overrides in (["proposer.max_n=7", "proposer.name=other"], ["proposer.name=other", "proposer.max_n=7"]):
         assert load_config(None, overrides).proposer == load_config(None, overrides[::-1]).proposer
         assert load_config(None, overrides).proposer.options == {"max_n": 7}
+
+
+@pytest.mark.parametrize("overrides", [
+    [],
+    ["serve.strategies.big={proposer: ngram, num_speculative_tokens: 5}", "serve.default_strategy=big"],
+    ["serve.max_num_speculative_tokens=8", "serve.default_strategy=auto", "serve.max_batch_size=3"],
+])
+def test_serve_section_round_trips_and_follows_the_top_level_proposer(tmp_path, overrides):
+    import yaml
+
+    from specplug.config import config_to_dict
+
+    config = load_config("configs/ngram.yaml", overrides)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config_to_dict(config)))
+    assert load_config(path).serve == config.serve
+    if config.serve.default_strategy == "auto":
+        return  # auto needs a proposer: switching the top level to none is refused (another test)
+    # what the section derives is not frozen into the file: another top-level proposer is followed
+    switched = load_config(path, ["proposer=none"])
+    assert "ngram" not in switched.serve.strategies or "big" in switched.serve.strategies
+    assert switched.serve.default_strategy in switched.serve.strategies or switched.serve.default_strategy == "auto"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("serve.default_strategy=ngarm", "serve.default_strategy 'ngarm' is not a configured strategy (did you mean"),
+    ("serve.strategies.x={proposer: ngram, num_speculative_tokens: 0}", "serve.strategies.x.num_speculative_tokens"),
+    ("serve.colour=1", "unknown config key 'serve.colour'"),
+    ("serve.auto.explore=2", "serve.auto.explore must be a number in [0, 1)"),
+    ("serve.max_num_speculative_tokens=2", "serve.max_num_speculative_tokens (2) is below"),
+    ("serve.strategies.auto={proposer: ngram}", "'auto' is reserved"),
+    ("serve.sagemaker_stream=xml", "serve.sagemaker_stream must be jsonlines or sse"),
+])
+def test_serve_section_errors(override, message):
+    with pytest.raises(ConfigError) as error:
+        load_config("configs/ngram.yaml", [override])
+    assert message in str(error.value)

@@ -105,17 +105,22 @@ def strategy_config(where: str, entry: Any, k: int, adaptive_k: bool) -> Strateg
 
 
 def serve_to_dict(serve: ServeConfig, top: PluginChoice, k: int, adaptive_k: bool) -> dict[str, Any]:
-    """The ``serve`` mapping of a config file (strategies the section adds by itself left out)."""
+    """The ``serve`` mapping of a config file. What the section derives by itself (the top-level and
+    `none` strategies, a default and auto strategy that are the top-level one, the width bound) is left
+    out, so that it follows the top-level keys when the file is edited."""
     implied = {top.name: StrategyConfig(top, k, adaptive_k),
-               "none": StrategyConfig(PluginChoice("none"), 1, False)}  # what _serve adds by itself
+               "none": StrategyConfig(PluginChoice("none"), 1, False)}
     strategies = {name: s for name, s in serve.strategies.items() if implied.get(name) != s}
+    widest = max([k, *(s.num_speculative_tokens for s in strategies.values())])
+    derived = lambda value, default: None if value == default else value  # noqa: E731
     return {
         "max_batch_size": serve.max_batch_size, "served_model_name": serve.served_model_name,
         "strategies": {name: {"proposer": {"name": s.proposer.name, **s.proposer.options},
                               "num_speculative_tokens": s.num_speculative_tokens, "adaptive_k": s.adaptive_k}
                        for name, s in strategies.items()},
-        "default_strategy": serve.default_strategy,
-        "auto": {"strategy": serve.auto_strategy, "explore": serve.auto_explore},
-        "max_num_speculative_tokens": serve.max_num_speculative_tokens,
+        "default_strategy": derived(serve.default_strategy, top.name),
+        "auto": {"strategy": derived(serve.auto_strategy, top.name), "explore": serve.auto_explore},
+        "max_num_speculative_tokens": serve.max_num_speculative_tokens if serve.max_num_speculative_tokens > widest
+        else None,
         "drain_timeout_s": serve.drain_timeout_s, "sagemaker_stream": serve.sagemaker_stream,
     }
