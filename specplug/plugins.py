@@ -3,23 +3,27 @@
 Environment switches:
 - ``SPECPLUG_DISABLE_PLUGIN_AUTOLOAD=1``: load no entry-point plugins (built-ins only).
 - ``SPECPLUG_BLOCK_PLUGINS=a,b``: never register the plugins with these names (entry-point names,
-  or the module names of built-ins).
+  or the module names of built-ins). A name that matches no plugin is warned about; asking for a
+  proposer or verifier that a blocked plugin provides names the plugin and the variable.
 - ``SPECPLUG_TRACE_HOOKS=1``: print every hook call and its result to stderr.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import pluggy
 
 from specplug import hookspecs
-from specplug.registry import Registrar, Registry
+from specplug.errors import closest
+from specplug.registry import Kind, Registrar, Registry
 
 ENTRY_POINT_GROUP = "specplug"
 
@@ -55,6 +59,7 @@ class PluginManager(pluggy.PluginManager):
         super().__init__("specplug")
         self.add_hookspecs(hookspecs)
         self.distributions: dict[str, tuple[str, str] | None] = {}
+        self.blocked_loaders: dict[str, Callable[[], Any]] = {}  # plugins not registered, by name
 
 
 def make_plugin_manager(load_entrypoints: bool | None = None) -> PluginManager:
@@ -63,16 +68,20 @@ def make_plugin_manager(load_entrypoints: bool | None = None) -> PluginManager:
     Each call builds a new manager: there is no global one to reset.
     """
     pm = PluginManager()
-    for name in blocked_plugins():
+    blocked = blocked_plugins()
+    for name in blocked:
         pm.set_blocked(name)
     for module_name in DEFAULT_PLUGINS:
-        if not pm.is_blocked(module_name):
+        if pm.is_blocked(module_name):
+            pm.blocked_loaders[module_name] = functools.partial(importlib.import_module, module_name)
+        else:
             pm.register(importlib.import_module(module_name), name=module_name)
             pm.distributions[module_name] = _own_distribution()
     if load_entrypoints is None:
         load_entrypoints = not _env_flag("SPECPLUG_DISABLE_PLUGIN_AUTOLOAD")
     if load_entrypoints:
         _load_entrypoint_plugins(pm)
+    _warn_unknown_blocked(blocked)
     if _env_flag("SPECPLUG_TRACE_HOOKS"):
         pm.trace.root.setwriter(sys.stderr.write)
         pm.enable_tracing()
@@ -81,7 +90,10 @@ def make_plugin_manager(load_entrypoints: bool | None = None) -> PluginManager:
 
 def _load_entrypoint_plugins(pm: PluginManager) -> None:
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if pm.is_blocked(ep.name) or pm.has_plugin(ep.name):
+        if pm.is_blocked(ep.name):
+            pm.blocked_loaders[ep.name] = ep.load
+            continue
+        if pm.has_plugin(ep.name):
             continue
         dist = (ep.dist.name, ep.dist.version) if ep.dist else None
         try:
@@ -99,13 +111,46 @@ def _load_entrypoint_plugins(pm: PluginManager) -> None:
         pm.distributions[ep.name] = dist
 
 
+def _warn_unknown_blocked(blocked: set[str]) -> None:
+    """One warning for the names in SPECPLUG_BLOCK_PLUGINS that match no built-in or installed plugin."""
+    if not blocked:
+        return
+    known = [*DEFAULT_PLUGINS, *sorted({ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)})]
+    unknown = sorted(blocked - set(known))
+    if unknown:
+        names = ", ".join(f"'{name}'{closest(name, known)}" for name in unknown)
+        warnings.warn(f"SPECPLUG_BLOCK_PLUGINS names no known plugin: {names}; known plugins: {', '.join(known)}",
+                      stacklevel=3)
+
+
+def _blocked_provider(loaders: dict[str, Callable[[], Any]]) -> Callable[[Kind, str], str | None]:
+    """Which blocked plugin would register (kind, name); the plugins are loaded only when asked."""
+
+    def provider(kind: Kind, name: str) -> str | None:
+        return next((plugin for plugin, load in loaders.items() if (kind, name) in _would_register(plugin, load)),
+                    None)
+
+    return provider
+
+
+def _would_register(plugin_name: str, load: Callable[[], Any]) -> set[tuple[Kind, str]]:
+    scratch = PluginManager()
+    try:
+        scratch.register(load(), name=plugin_name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return set(load_registry(scratch).entries)
+    except Exception:  # a plugin blocked because it is broken cannot say what it provides
+        return set()
+
+
 def load_registry(pm: PluginManager | None = None) -> Registry:
     """Call the registration hooks of every plugin and return what they registered.
 
     Each plugin's hooks are called on their own so that every entry records which plugin gave it.
     """
     pm = pm or make_plugin_manager()
-    registry = Registry()
+    registry = Registry(blocked_provider=_blocked_provider(pm.blocked_loaders))
     named = pm.list_name_plugin()  # registration order: built-ins first
     for hook_name in ("register_proposers", "register_verifiers"):
         for name, plugin in named:

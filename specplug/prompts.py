@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +12,20 @@ from specplug.errors import SpecplugError
 Prompt = str | list[dict[str, str]]  # raw text, or chat messages [{"role": ..., "content": ...}]
 
 
+EXAMPLE = '{"prompt": "..."} or {"messages": [{"role": "user", "content": "..."}]}'
+MESSAGE = '{"role": "...", "content": "..."}'
+
+
 def read_prompts_file(path: str | Path) -> list[Prompt]:
     """One JSON object per line: {"prompt": "..."} or {"messages": [...]}. Blank lines are skipped."""
     path = Path(path)
+    if path.is_dir():
+        raise SpecplugError(f"prompts file '{path}' is a directory, not a file: point --prompts-file at a JSONL "
+                            "file (one JSON object per line)")
     if not path.is_file():
         raise SpecplugError(f"prompts file '{path}' not found")
     prompts: list[Prompt] = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in _utf8_lines(path):
         if line.strip():
             prompts.append(parse_prompt_line(line, f"{path}:{number}"))
     if not prompts:
@@ -25,24 +33,61 @@ def read_prompts_file(path: str | Path) -> list[Prompt]:
     return prompts
 
 
+def _utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each line, split on newlines only (JSON strings may hold U+2028 and the like)."""
+    with path.open("rb") as file:
+        for number, raw in enumerate(file, start=1):
+            try:
+                yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise SpecplugError(f"prompts file '{path}' is not UTF-8 at line {number} (byte "
+                                    f"0x{exc.object[exc.start]:02x}): save the file as UTF-8") from None
+
+
 def parse_prompt_line(line: str, where: str) -> Prompt:
     try:
         item: Any = json.loads(line)
     except json.JSONDecodeError as exc:
         raise SpecplugError(f"{where}: not valid JSON ({exc.msg}); each line must be one JSON object like "
-                            '{"prompt": "..."} or {"messages": [{"role": "user", "content": "..."}]}') from None
-    if isinstance(item, dict) and isinstance(item.get("prompt"), str):
+                            f"{EXAMPLE}") from None
+    if not isinstance(item, dict):
+        raise SpecplugError(f"{where}: expected a JSON object, got {_json_type(item)}; each line must be one "
+                            f"JSON object like {EXAMPLE}")
+    if isinstance(item.get("prompt"), str):
         return item["prompt"]
-    if isinstance(item, dict) and _is_messages(item.get("messages")):
-        return item["messages"]
-    raise SpecplugError(f'{where}: expected {{"prompt": "<text>"}} or {{"messages": [{{"role": ..., '
-                        '"content": ...}]}}')
+    if "messages" in item:
+        return _messages(item["messages"], where)
+    if "prompt" in item:
+        raise SpecplugError(f'{where}: "prompt" must be a string, got {_json_type(item["prompt"])}')
+    keys = ", ".join(f'"{key}"' for key in item) or "none"
+    raise SpecplugError(f'{where}: no "prompt" or "messages" key (keys found: {keys}); use {EXAMPLE}')
 
 
-def _is_messages(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-        for m in value)
+def _messages(value: Any, where: str) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        got = "an empty list" if isinstance(value, list) else _json_type(value)
+        raise SpecplugError(f'{where}: "messages" must be a non-empty list of {MESSAGE} objects, got {got}')
+    for index, message in enumerate(value):
+        if not isinstance(message, dict):
+            raise SpecplugError(f"{where}: messages[{index}] must be an object like {MESSAGE}, "
+                                f"got {_json_type(message)}")
+        for key in ("role", "content"):
+            if key not in message:
+                raise SpecplugError(f'{where}: messages[{index}] has no "{key}"; each message is {MESSAGE}')
+            if not isinstance(message[key], str):
+                raise SpecplugError(f'{where}: messages[{index}]["{key}"] must be a string, '
+                                    f"got {_json_type(message[key])}")
+    return value
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return f"a number ({value!r})"
+    return {str: "a string", list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
 
 
 def encode_prompt(tokenizer, prompt: Prompt) -> list[int]:

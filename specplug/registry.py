@@ -29,19 +29,28 @@ class Registry:
     """Everything the plugins registered. Built by ``specplug.plugins.load_registry``."""
 
     entries: dict[tuple[Kind, str], Entry] = field(default_factory=dict)
+    # which plugin, blocked by SPECPLUG_BLOCK_PLUGINS, would have registered (kind, name); None if none
+    blocked_provider: Callable[[Kind, str], str | None] | None = None
 
     def names(self, kind: Kind) -> list[str]:
         return sorted(name for k, name in self.entries if k == kind)
 
     def get(self, kind: Kind, name: str) -> Entry:
-        try:
-            return self.entries[(kind, name)]
-        except KeyError:
-            known = ", ".join(self.names(kind)) or "none"
-            raise ConfigError(
-                f"unknown {kind} '{name}'{closest(name, self.names(kind))}; known {kind}s: {known}. "
-                f"Install the package that provides it, or pick a known one."
-            ) from None
+        entry = self.entries.get((kind, name))
+        if entry is None:
+            raise self._missing(kind, name)
+        return entry
+
+    def _missing(self, kind: Kind, name: str) -> ConfigError:
+        plugin = self.blocked_provider(kind, name) if self.blocked_provider else None
+        if plugin:
+            return ConfigError(f"{kind} '{name}' is provided by plugin '{plugin}', which SPECPLUG_BLOCK_PLUGINS "
+                               "blocks: remove it from that variable")
+        known = ", ".join(self.names(kind)) or "none"
+        return ConfigError(
+            f"unknown {kind} '{name}'{closest(name, self.names(kind))}; known {kind}s: {known}. "
+            f"Install the package that provides it, or pick a known one."
+        )
 
     def check_choice(self, kind: Kind, name: str, options: dict[str, Any]) -> None:
         """Raise ConfigError unless ``name`` is registered and takes every key of ``options``."""

