@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
 import time
@@ -52,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
 
-    plugins = sub.add_parser("plugins", help="list registered proposers and verifiers")
-    plugins.add_argument("--json", action="store_true")
+    plugins = sub.add_parser("plugins", help="list registered proposers and verifiers (with a name: its options)")
+    plugins.add_argument("name", nargs="?", help="a proposer or verifier: print its options and capabilities")
+    plugins.add_argument("--json", action="store_true", help="as JSON, with each one's options and capabilities")
 
     bench = sub.add_parser("bench", help="tokens/s against plain decoding and HF generate, in one run")
     add_config_args(bench)
@@ -82,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--out", required=True, help="the tuned config file to write")
     tune.add_argument("--max-skip-ratio", type=float, default=1.0,
                       help="largest share of sub-layers a skip set may skip (default 1: no limit)")
-    tune.add_argument("--study", help="Optuna study database (default: OUT with suffix .study.db); resumes")
+    tune.add_argument("--study", help="Optuna study database (default: under ~/.cache/specplug/studies, keyed by OUT); "
+                                      "resumes")
     return parser
 
 
@@ -112,17 +115,35 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     from specplug.plugins import load_registry
 
     registry = load_registry()
+    entries = sorted(registry.entries.values(), key=lambda e: (e.kind, e.name))
+    if args.name:
+        entries = [e for e in entries if e.name == args.name]
+        if not entries:
+            registry.get("proposer", args.name)  # raises: unknown, with the known names
     rows = [{"name": e.name, "kind": e.kind, "plugin": e.plugin,
-             "distribution": {"name": e.distribution[0], "version": e.distribution[1]} if e.distribution else None}
-            for e in sorted(registry.entries.values(), key=lambda e: (e.kind, e.name))]
+             "distribution": {"name": e.distribution[0], "version": e.distribution[1]} if e.distribution else None,
+             "capabilities": dataclasses.asdict(e.capabilities) if e.capabilities else {},
+             "options": e.describe_options()} for e in entries]
     if args.json:
         print(json.dumps(rows, indent=2))
-        return 0
-    print(f"{'kind':<9} {'name':<16} {'plugin':<32} distribution")
-    for r in rows:
-        dist = f"{r['distribution']['name']} {r['distribution']['version']}" if r["distribution"] else "?"
-        print(f"{r['kind']:<9} {r['name']:<16} {r['plugin']:<32} {dist}")
+    elif args.name:
+        print("\n\n".join(_describe_plugin(row) for row in rows))
+    else:
+        print(f"{'kind':<9} {'name':<16} {'plugin':<32} distribution")
+        for r in rows:
+            dist = f"{r['distribution']['name']} {r['distribution']['version']}" if r["distribution"] else "?"
+            print(f"{r['kind']:<9} {r['name']:<16} {r['plugin']:<32} {dist}")
     return 0
+
+
+def _describe_plugin(row: dict) -> str:
+    capabilities = ", ".join(k for k, v in row["capabilities"].items() if v) or "none"
+    lines = [f"{row['kind']} '{row['name']}' (plugin {row['plugin']})", f"  capabilities: {capabilities}",
+             "  options:" if row["options"] else "  options: none"]
+    for o in row["options"]:
+        default = "required" if o["required"] else f"default {json.dumps(o['default'])}"
+        lines.append(f"    {o['name']} ({o['type']}, {default}){': ' + o['help'] if o['help'] else ''}")
+    return "\n".join(lines)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -48,8 +48,11 @@ class LLM:
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
         self.registry = registry or load_registry()
-        self.registry.check_choice("proposer", self.config.proposer.name, self.config.proposer.options)
-        self.registry.check_choice("verifier", self.config.verifier.name, self.config.verifier.options)
+        config = self.config
+        self.registry.check_config(
+            [(config.proposer.name, config.proposer.options),
+             *((s.proposer.name, s.proposer.options) for s in config.serve.strategies.values())],
+            (config.verifier.name, config.verifier.options), config.sampling.temperature)
         device, dtype = parse_device(self.config.device), parse_dtype(self.config.dtype)
         self.model_dir = resolve_model(self.config.model)
         self.tokenizer = load_tokenizer(self.model_dir)

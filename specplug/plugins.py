@@ -26,6 +26,7 @@ from specplug.errors import closest
 from specplug.registry import Kind, Registrar, Registry
 
 ENTRY_POINT_GROUP = "specplug"
+API_VERSION = 1  # a plugin may declare `specplug_api_version = 1`; another value is skipped with a warning
 
 DEFAULT_PLUGINS = (
     "specplug.proposers.ngram",
@@ -82,6 +83,7 @@ def make_plugin_manager(load_entrypoints: bool | None = None) -> PluginManager:
     if load_entrypoints:
         _load_entrypoint_plugins(pm)
     _warn_unknown_blocked(blocked)
+    warn_unknown_hooks(pm)
     if _env_flag("SPECPLUG_TRACE_HOOKS"):
         pm.trace.root.setwriter(sys.stderr.write)
         pm.enable_tracing()
@@ -147,14 +149,41 @@ def _would_register(plugin_name: str, load: Callable[[], Any]) -> set[tuple[Kind
 def load_registry(pm: PluginManager | None = None) -> Registry:
     """Call the registration hooks of every plugin and return what they registered.
 
-    Each plugin's hooks are called on their own so that every entry records which plugin gave it.
+    Each plugin's hooks are called on their own, so that every entry records which plugin gave it, and
+    so that a plugin that raises (or was built for another interface version) is skipped with one
+    warning while the others register.
     """
     pm = pm or make_plugin_manager()
     registry = Registry(blocked_provider=_blocked_provider(pm.blocked_loaders))
-    named = pm.list_name_plugin()  # registration order: built-ins first
-    for hook_name in ("register_proposers", "register_verifiers"):
-        for name, plugin in named:
-            others = [p for _, p in named if p is not plugin]
-            call = pm.subset_hook_caller(hook_name, remove_plugins=others)
-            call(register=Registrar(registry, name, pm.distributions.get(name)))
+    named = [(name, plugin) for name, plugin in pm.list_name_plugin() if _compatible(name, plugin)]
+    for name, plugin in named:  # registration order: built-ins first
+        others = [p for _, p in pm.list_name_plugin() if p is not plugin]
+        before = dict(registry.entries)
+        try:
+            for hook_name in ("register_proposers", "register_verifiers"):
+                call = pm.subset_hook_caller(hook_name, remove_plugins=others)
+                call(register=Registrar(registry, name, pm.distributions.get(name)))
+        except Exception as exc:  # a third-party plugin's bug must not take the others down
+            registry.entries = before
+            warnings.warn(f"plugin '{name}' failed while registering ({type(exc).__name__}: {exc}); what it "
+                          "provides is skipped", stacklevel=2)
     return registry
+
+
+def _compatible(name: str, plugin: Any) -> bool:
+    declared = getattr(plugin, "specplug_api_version", None)
+    if declared is None or declared == API_VERSION:
+        return True
+    warnings.warn(f"plugin '{name}' is built for specplug plugin API {declared!r}; this specplug speaks "
+                  f"{API_VERSION}: it is skipped (install a release of it made for API {API_VERSION})", stacklevel=3)
+    return False
+
+
+def warn_unknown_hooks(pm: PluginManager) -> None:
+    """One warning per hook a plugin implements that specplug does not define (a misspelling, usually)."""
+    known = sorted(name for name, caller in vars(pm.hook).items() if getattr(caller, "spec", None) is not None)
+    for hook_name, caller in vars(pm.hook).items():
+        if getattr(caller, "spec", None) is None and hasattr(caller, "get_hookimpls"):
+            for impl in caller.get_hookimpls():
+                warnings.warn(f"plugin '{impl.plugin_name}' implements '{hook_name}', which is not a specplug hook"
+                              f"{closest(hook_name, known)}; known hooks: {', '.join(known)}", stacklevel=3)

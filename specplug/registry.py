@@ -9,8 +9,22 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from specplug.errors import ConfigError, closest
+from specplug.options import describe, parse_options
 
 Kind = Literal["proposer", "verifier"]
+RESULT_METHOD = {"proposer": "propose", "verifier": "verify"}  # what a factory's result must have
+
+
+@dataclass(frozen=True)
+class ProposerCapabilities:
+    draft_probs: bool = False  # returns draft probabilities (sampled drafts) for rejection sampling
+    needs_target: bool = False  # drafts with the target model's weights (the engine must share them)
+    stateful: bool = False  # keeps per-row state between steps (freed by ``release``)
+
+
+@dataclass(frozen=True)
+class VerifierCapabilities:
+    sampling: bool = True  # verifies rows with temperature > 0
 
 
 @dataclass(frozen=True)
@@ -22,6 +36,16 @@ class Entry:
     factory: Callable[..., Any]
     plugin: str  # plugin name in the plugin manager (module name for built-ins)
     distribution: tuple[str, str] | None  # (name, version) of the package that provides it
+    options: type | None = None  # the option schema (a dataclass); None: the factory's keyword parameters
+    capabilities: ProposerCapabilities | VerifierCapabilities | None = None
+
+    def describe_options(self) -> list[dict[str, Any]]:
+        if self.options is not None:
+            return [info.as_dict() for info in describe(self.options)]
+        params = inspect.signature(self.factory).parameters.values()
+        return [{"name": p.name, "type": "any", "default": None if p.default is p.empty else p.default,
+                 "required": p.default is p.empty, "help": ""}
+                for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
 
 
 @dataclass
@@ -52,14 +76,35 @@ class Registry:
             f"Install the package that provides it, or pick a known one."
         )
 
-    def check_choice(self, kind: Kind, name: str, options: dict[str, Any]) -> None:
-        """Raise ConfigError unless ``name`` is registered and takes every key of ``options``."""
-        check_options(f"{kind} '{name}'", self.get(kind, name).factory, options)
+    def check_choice(self, kind: Kind, name: str, options: dict[str, Any]) -> Any:
+        """Raise ConfigError unless ``name`` is registered and ``options`` fit it; return the parsed options."""
+        entry = self.get(kind, name)
+        if entry.options is not None:
+            return parse_options(f"{kind} '{name}'", entry.options, options)
+        check_options(f"{kind} '{name}'", entry.factory, options)
+        return options
 
     def create(self, kind: Kind, name: str, *args: Any, options: dict[str, Any]) -> Any:
-        """Call the factory registered as ``name`` with ``options``, rejecting keys it does not take."""
-        self.check_choice(kind, name, options)
-        return self.get(kind, name).factory(*args, **options)
+        """Call the factory registered as ``name`` with ``options`` checked first; check what it returns."""
+        entry = self.get(kind, name)
+        parsed = self.check_choice(kind, name, options)
+        result = entry.factory(*args, parsed) if entry.options is not None else entry.factory(*args, **options)
+        if not callable(getattr(result, RESULT_METHOD[kind], None)):
+            raise ConfigError(f"{kind} '{name}' from plugin '{entry.plugin}': its factory returned "
+                              f"{type(result).__name__!r}, not a {kind} (an object with a "
+                              f"{RESULT_METHOD[kind]}() method): a bug in that plugin")
+        return result
+
+    def check_config(self, proposers: list[tuple[str, dict[str, Any]]], verifier: tuple[str, dict[str, Any]],
+                     temperature: float) -> None:
+        """Every chosen plugin exists and takes its options, and the verifier can do what the config asks."""
+        for name, options in proposers:
+            self.check_choice("proposer", name, options)
+        self.check_choice("verifier", *verifier)
+        capabilities = self.get("verifier", verifier[0]).capabilities
+        if temperature > 0 and isinstance(capabilities, VerifierCapabilities) and not capabilities.sampling:
+            raise ConfigError(f"verifier '{verifier[0]}' cannot verify sampled rows and sampling.temperature is "
+                              f"{temperature}: set temperature 0, or use a verifier that samples (rejection)")
 
 
 def check_options(what: str, factory: Callable[..., Any], options: dict[str, Any]) -> None:
@@ -87,15 +132,20 @@ class Registrar:
     def __repr__(self) -> str:
         return f"Registrar(plugin={self._plugin!r})"
 
-    def proposer(self, name: str, factory: Callable[..., Any]) -> None:
-        """Register a proposer factory: ``factory(context, **options) -> Proposer``."""
-        self._add("proposer", name, factory)
+    def proposer(self, name: str, factory: Callable[..., Any], options: type | None = None,
+                 capabilities: ProposerCapabilities | None = None) -> None:
+        """Register a proposer factory: ``factory(context, options) -> Proposer`` where ``options`` is an
+        instance of the ``options`` schema (``specplug.options``); without a schema,
+        ``factory(context, **options)`` and its keyword-only parameters are the options."""
+        self._add("proposer", name, factory, options, capabilities or ProposerCapabilities())
 
-    def verifier(self, name: str, factory: Callable[..., Any]) -> None:
-        """Register a verifier factory: ``factory(**options) -> Verifier``."""
-        self._add("verifier", name, factory)
+    def verifier(self, name: str, factory: Callable[..., Any], options: type | None = None,
+                 capabilities: VerifierCapabilities | None = None) -> None:
+        """Register a verifier factory: ``factory(options)`` with a schema, else ``factory(**options)``."""
+        self._add("verifier", name, factory, options, capabilities or VerifierCapabilities())
 
-    def _add(self, kind: Kind, name: str, factory: Callable[..., Any]) -> None:
+    def _add(self, kind: Kind, name: str, factory: Callable[..., Any], options: type | None,
+             capabilities: ProposerCapabilities | VerifierCapabilities) -> None:
         key = (kind, name)
         if key in self._registry.entries:
             first = self._registry.entries[key].plugin
@@ -105,4 +155,5 @@ class Registrar:
                 stacklevel=3,
             )
             return
-        self._registry.entries[key] = Entry(name, kind, factory, self._plugin, self._distribution)
+        self._registry.entries[key] = Entry(name, kind, factory, self._plugin, self._distribution, options,
+                                            capabilities)

@@ -10,6 +10,7 @@ acceptance is near zero and TPE learns nothing. The study is stored (SQLite) so 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import random
 from datetime import date
 from pathlib import Path
@@ -21,6 +22,7 @@ from specplug.bench import machine_description, measure
 from specplug.config import Config, PluginChoice, config_to_dict
 from specplug.errors import SpecplugError
 from specplug.llm import LLM
+from specplug.models.loader import cache_dir
 from specplug.prompts import Prompt
 
 SPARSE_SKIP = 0.08
@@ -56,7 +58,9 @@ def tune_layerskip(config: Config, prompts: list[Prompt], trials: int, out: Path
     layers = plain.model.shape.num_layers
     encoded = [plain.encode(p) for p in prompts]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = f"sqlite:///{(study_path or out.with_suffix('.study.db')).resolve()}"
+    study_path = study_path or default_study_path(out)
+    study_path.parent.mkdir(parents=True, exist_ok=True)
+    storage = f"sqlite:///{study_path.resolve()}"
     startup = max(1, min(10, trials // 3))
     study = optuna.create_study(study_name="layerskip", storage=storage, direction="maximize",
                                 load_if_exists=True,
@@ -115,3 +119,10 @@ def write_tuned_config(config: Config, out: Path, attention: list[int], mlp: lis
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(header + yaml.safe_dump(data, sort_keys=False))
     return {**summary, "skip_attention": attention, "skip_mlp": mlp, "out": str(out)}
+
+
+def default_study_path(out: Path) -> Path:
+    """Where the study of a tuned config lives: the user's cache, keyed by the config's absolute path (the
+    tuned YAML is what ships; the study only lets a run resume)."""
+    key = hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:12]
+    return cache_dir() / "studies" / f"{out.stem}-{key}.study.db"

@@ -108,7 +108,7 @@ def test_sampling_is_lossless_end_to_end(llm, draft_dir, proposer):
 def test_draft_model_errors(llm, tmp_path, draft_dir):
     with pytest.raises(ConfigError, match="draft model '.*missing' not found .*specplug make-draft"):
         llm.variant("draft_model", model=str(tmp_path / "missing"))
-    with pytest.raises(ConfigError, match="needs proposer.model"):
+    with pytest.raises(ConfigError, match="proposer 'draft_model' needs option 'model' .*set proposer.model"):
         llm.variant("draft_model")
     other = tmp_path / "other-tokenizer"
     build_draft(_hf(llm), [0, 29]).save_pretrained(other)
@@ -128,8 +128,11 @@ def _hf(llm):
 @pytest.mark.parametrize("options, message", [
     ({}, "skips nothing"),
     ({"skip_layers": [30]}, "skip_layers must be a list of layer indices in 0..29"),
-    ({"exit_layer": 0}, "exit_layer must be an integer in 1..29"),
-    ({"skip_attention": [3], "confidence_threshold": 1.5}, "confidence_threshold must be in \\[0, 1\\)"),
+    ({"exit_layer": 30}, "exit_layer must be an integer in 1..29"),
+    ({"exit_layer": 0}, "option 'exit_layer' must be >= 1 \\(got 0\\)"),
+    ({"skip_layers": [-1]}, "option 'skip_layers' must be >= 0 \\(got -1\\)"),
+    ({"skip_layers": "13"}, "option 'skip_layers' must be list of int"),
+    ({"skip_attention": [3], "confidence_threshold": 1.5}, "option 'confidence_threshold' must be >= 0 and < 1"),
 ])
 def test_layerskip_option_errors(llm, options, message):
     with pytest.raises(ConfigError, match=message):

@@ -7,7 +7,7 @@ import pytest
 
 from specplug.errors import ConfigError
 from specplug.metadata import DraftRequest, ProposerContext
-from specplug.proposers.ngram import NgramIndex, NgramProposer, make_ngram
+from specplug.proposers.ngram import NgramIndex, NgramProposer
 
 
 def brute_force(tokens, min_n, max_n, k):
@@ -63,7 +63,16 @@ def test_proposer_keeps_one_index_per_row_and_accepts_numpy_rows():
     assert proposer.propose([DraftRequest("b", [1, 2, 1], 3, max_draft_tokens=0)])[0].token_ids == []
 
 
-@pytest.mark.parametrize("options", [{"min_n": 0}, {"min_n": 3, "max_n": 2}, {"max_n": "4"}])
-def test_bad_options(options):
-    with pytest.raises(ConfigError, match="1 <= min_n <= max_n"):
-        make_ngram(ProposerContext(4, 100), **options)
+@pytest.mark.parametrize("options, message", [
+    ({"min_n": 0}, "option 'min_n' must be >= 1 and <= 64 (got 0)"),
+    ({"min_n": 3, "max_n": 2}, "min_n (3) must not exceed max_n (2)"),
+    ({"max_n": "4"}, "option 'max_n' must be int (got '4')"),
+    ({"min_n": True}, "option 'min_n' must be int (got True)"),  # YAML's `true` is not a number
+    ({"max_m": 4}, "has no option 'max_m' (did you mean 'max_n'?)"),
+])
+def test_bad_options(plugin_manager, options, message):
+    from specplug.plugins import load_registry
+
+    with pytest.raises(ConfigError) as error:
+        load_registry(plugin_manager).create("proposer", "ngram", ProposerContext(4, 100), options=options)
+    assert message in str(error.value)

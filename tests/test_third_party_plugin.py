@@ -62,10 +62,14 @@ def generate(site: Path, *overrides: str) -> dict:
 
 def test_installed_plugin_is_listed_with_its_distribution(phrases_site):
     rows = plugin_rows(specplug("plugins", "--json", path=[phrases_site]))
-    assert rows[("proposer", "phrases")] == {
+    row = rows[("proposer", "phrases")]
+    assert {k: row[k] for k in ("name", "kind", "plugin", "distribution")} == {
         "name": "phrases", "kind": "proposer", "plugin": "phrases",
         "distribution": {"name": "specplug-phrases", "version": "0.1.0"},
     }
+    options = {o["name"]: o for o in row["options"]}  # its schema, as installed from a separate directory
+    assert options["phrases"]["required"] and options["phrases"]["type"] == "list of str"
+    assert options["min_match"]["default"] == 2
     assert {name for kind, name in rows if kind == "proposer"} == BUILTIN_PROPOSERS | {"phrases"}
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from specplug.config import load_config
 from specplug.errors import SpecplugError
-from specplug.tune import sparse_masks, tune_layerskip
+from specplug.tune import default_study_path, sparse_masks, tune_layerskip
 
 pytestmark = pytest.mark.slow
 PROMPTS = ["The three primary colours are", "def fibonacci(n):"]
@@ -32,10 +32,10 @@ def test_tune_writes_a_config_that_runs_and_resumes(tmp_path):
     assert 29 not in result["skip_attention"] + result["skip_mlp"]
     assert result["tokens_per_second"] > 0 and result["plain_tokens_per_second"] > 0
     assert "Measured in one run: layerskip" in out.read_text()
-    study = optuna.load_study(study_name="layerskip", storage=f"sqlite:///{out.with_suffix('.study.db')}")
+    study = optuna.load_study(study_name="layerskip", storage=f"sqlite:///{default_study_path(out)}")
     assert len(study.trials) == 3
     tune_layerskip(config, PROMPTS, 4, out, max_new_tokens=8, progress=False)
-    assert len(optuna.load_study(study_name="layerskip", storage=f"sqlite:///{out.with_suffix('.study.db')}")
+    assert len(optuna.load_study(study_name="layerskip", storage=f"sqlite:///{default_study_path(out)}")
                .trials) == 4  # resumed: one more trial, not four
 
 

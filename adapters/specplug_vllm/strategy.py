@@ -8,6 +8,7 @@ vLLM's. ``num_speculative_tokens`` must not exceed vLLM's ``num_speculative_toke
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from specplug.errors import ConfigError
 from specplug.metadata import ProposerContext
 from specplug.proposers.base import Proposer as SpecplugProposer
 from specplug_vllm.plugin import registry
+
+logger = logging.getLogger("vllm.specplug")
 
 
 @dataclass
@@ -80,6 +83,9 @@ class StrategyBuilder:
                                   shape.max_num_seqs, shape.max_model_len, self.tokenizer(),
                                   load_target=functools.partial(self.target, config.dtype))
         proposer = reg.create("proposer", config.proposer.name, context, options=config.proposer.options)
+        capabilities = reg.get("proposer", config.proposer.name).capabilities
+        if getattr(capabilities, "draft_probs", False):
+            warn_probs_dropped(config.proposer.name)
         return Strategy(str(path) if path else "defaults", config, proposer)
 
     @functools.cache
@@ -90,3 +96,10 @@ class StrategyBuilder:
     def target(self, dtype: str) -> CompactLlama:
         """A copy of vLLM's target in specplug's layout (vLLM's own weights are paged and repacked)."""
         return load_compact_model(Path(self.shape.model_dir), parse_dtype(dtype), torch.device(self.shape.device))
+
+
+@functools.cache
+def warn_probs_dropped(name: str) -> None:
+    """Once per proposer: vLLM's custom drafter hook takes token ids only."""
+    logger.warning("specplug: proposer '%s' returns draft probabilities, which vLLM's drafter hook drops: vLLM "
+                   "verifies its drafts as deterministic (lossless, with lower acceptance when sampling)", name)

@@ -7,15 +7,18 @@ points.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-from specplug.models.loader import load_compact_model, load_tokenizer, parse_dtype
-from specplug.models.llama import CompactLlama
 from specplug.errors import ConfigError
 from specplug.hookspecs import hookimpl
 from specplug.metadata import ProposerContext
-from specplug.proposers.layerskip import check_confidence
+from specplug.models.llama import CompactLlama
+from specplug.models.loader import load_compact_model, load_tokenizer, parse_dtype
+from specplug.options import option
+from specplug.proposers.layerskip import CONFIDENCE_HELP
 from specplug.proposers.model_drafter import ModelDrafter
+from specplug.registry import ProposerCapabilities
 
 
 def load_draft(model: str, context: ProposerContext, dtype: str | None) -> CompactLlama:
@@ -48,17 +51,23 @@ def check_same_vocabulary(model: str, draft_tokenizer, context: ProposerContext)
         )
 
 
-def make_draft_model(context: ProposerContext, *, model: str = "", dtype: str | None = None,
-                     confidence_threshold: float = 0.0) -> ModelDrafter:
-    if not isinstance(model, str) or not model:
-        raise ConfigError("proposer 'draft_model' needs proposer.model: the draft's HF directory "
-                          "(see configs/draft_model.yaml)")
-    check_confidence("draft_model", confidence_threshold)
-    draft = load_draft(model, context, dtype)
+@dataclass(frozen=True)
+class DraftModelOptions:
+    model: str = option(help="the draft's HF directory (same tokenizer as the target; `specplug make-draft` "
+                             "builds one)")
+    dtype: str | None = option(None, "the draft's dtype (default: the target's)",
+                               choices=("float32", "fp32", "bfloat16", "bf16", "float16", "fp16"))
+    confidence_threshold: float = option(0.0, CONFIDENCE_HELP, ge=0, lt=1)
+
+
+def make_draft_model(context: ProposerContext, options: DraftModelOptions) -> ModelDrafter:
+    draft = load_draft(options.model, context, options.dtype)
     return ModelDrafter("draft_model", draft, None, context.max_batch_size, context.max_model_len,
-                        context.num_speculative_tokens, confidence_threshold, enforce_eager=context.enforce_eager)
+                        context.num_speculative_tokens, options.confidence_threshold,
+                        enforce_eager=context.enforce_eager)
 
 
 @hookimpl
 def register_proposers(register):
-    register.proposer("draft_model", make_draft_model)
+    register.proposer("draft_model", make_draft_model, options=DraftModelOptions,
+                      capabilities=ProposerCapabilities(draft_probs=True, stateful=True))

@@ -8,24 +8,27 @@ own KV cache, whose skipped layers stay empty; the verify pass runs every layer 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from specplug.models.llama import CompactLlama, LayerPlan
 from specplug.errors import ConfigError
 from specplug.hookspecs import hookimpl
 from specplug.metadata import ProposerContext
+from specplug.models.llama import CompactLlama, LayerPlan
+from specplug.options import option
 from specplug.proposers.model_drafter import ModelDrafter
+from specplug.registry import ProposerCapabilities
 
 
 def layer_plan(num_layers: int, skip_layers: Sequence[int] = (), skip_attention: Sequence[int] = (),
                skip_mlp: Sequence[int] = (), exit_layer: int | None = None) -> LayerPlan:
-    """The draft's LayerPlan, with every index checked against the model's ``num_layers``."""
-    for option, indices in (("skip_layers", skip_layers), ("skip_attention", skip_attention),
-                            ("skip_mlp", skip_mlp)):
-        if not isinstance(indices, (list, tuple)) or not all(
-                isinstance(i, int) and not isinstance(i, bool) and 0 <= i < num_layers for i in indices):
-            raise ConfigError(f"proposer 'layerskip': {option} must be a list of layer indices in "
-                              f"0..{num_layers - 1} (got {indices!r})")
-    if exit_layer is not None and not (isinstance(exit_layer, int) and 1 <= exit_layer < num_layers):
+    """The draft's LayerPlan, with every index checked against the model's ``num_layers`` (the option
+    schema has checked the types; the bound depends on the model)."""
+    for name, indices in (("skip_layers", skip_layers), ("skip_attention", skip_attention),
+                          ("skip_mlp", skip_mlp)):
+        if any(i >= num_layers for i in indices):
+            raise ConfigError(f"proposer 'layerskip': {name} must be a list of layer indices in "
+                              f"0..{num_layers - 1} (got {list(indices)!r})")
+    if exit_layer is not None and exit_layer >= num_layers:
         raise ConfigError(f"proposer 'layerskip': exit_layer must be an integer in 1..{num_layers - 1} "
                           f"(got {exit_layer!r}); leave it out for no early exit")
     plan = LayerPlan.skipping(num_layers, [*skip_layers, *skip_attention], [*skip_layers, *skip_mlp],
@@ -36,25 +39,31 @@ def layer_plan(num_layers: int, skip_layers: Sequence[int] = (), skip_attention:
     return plan
 
 
-def make_layerskip(context: ProposerContext, *, skip_layers: Sequence[int] = (),
-                   skip_attention: Sequence[int] = (), skip_mlp: Sequence[int] = (),
-                   exit_layer: int | None = None, confidence_threshold: float = 0.0) -> ModelDrafter:
+CONFIDENCE_HELP = "stop drafting a row once the draft's probability of its next token falls below this (0: off)"
+
+
+@dataclass(frozen=True)
+class LayerskipOptions:
+    skip_layers: list[int] = option([], "layers whose attention and MLP the draft skips", ge=0)
+    skip_attention: list[int] = option([], "layers whose attention only the draft skips", ge=0)
+    skip_mlp: list[int] = option([], "layers whose MLP only the draft skips", ge=0)
+    exit_layer: int | None = option(None, "the draft stops after this many layers (early exit)", ge=1)
+    confidence_threshold: float = option(0.0, CONFIDENCE_HELP, ge=0, lt=1)
+
+
+def make_layerskip(context: ProposerContext, options: LayerskipOptions) -> ModelDrafter:
     target = context.target_model()
     if not isinstance(target, CompactLlama):
         raise ConfigError("proposer 'layerskip' drafts with the target's own weights and needs the engine "
                           "to share them (the embedded engine does; the vLLM adapter loads a copy)")
-    check_confidence("layerskip", confidence_threshold)
-    plan = layer_plan(target.shape.num_layers, skip_layers, skip_attention, skip_mlp, exit_layer)
+    plan = layer_plan(target.shape.num_layers, options.skip_layers, options.skip_attention, options.skip_mlp,
+                      options.exit_layer)
     return ModelDrafter("layerskip", target, plan, context.max_batch_size, context.max_model_len,
-                        context.num_speculative_tokens, confidence_threshold, enforce_eager=context.enforce_eager)
-
-
-def check_confidence(name: str, threshold: float) -> None:
-    if not (isinstance(threshold, (int, float)) and 0 <= threshold < 1):
-        raise ConfigError(f"proposer '{name}': confidence_threshold must be in [0, 1) (got {threshold!r}); "
-                          "0 turns the early stop off")
+                        context.num_speculative_tokens, options.confidence_threshold,
+                        enforce_eager=context.enforce_eager)
 
 
 @hookimpl
 def register_proposers(register):
-    register.proposer("layerskip", make_layerskip)
+    register.proposer("layerskip", make_layerskip, options=LayerskipOptions,
+                      capabilities=ProposerCapabilities(draft_probs=True, needs_target=True, stateful=True))

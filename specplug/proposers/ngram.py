@@ -9,11 +9,13 @@ with the tokens accepted since the previous step: no scan over the prompt per st
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 
-from specplug.errors import ConfigError
 from specplug.hookspecs import hookimpl
 from specplug.metadata import Draft, DraftRequest, ProposerContext
+from specplug.options import option
 from specplug.proposers.base import Proposer
+from specplug.registry import ProposerCapabilities
 
 
 class NgramIndex:
@@ -77,15 +79,21 @@ class NgramProposer(Proposer):
         self.indexes.pop(seq_id, None)
 
 
-def make_ngram(context: ProposerContext, *, min_n: int = 1, max_n: int = 4) -> NgramProposer:
-    if not (isinstance(min_n, int) and isinstance(max_n, int) and 1 <= min_n <= max_n <= 64):
-        raise ConfigError(
-            f"proposer 'ngram' needs 1 <= min_n <= max_n <= 64 (got min_n={min_n}, max_n={max_n}); "
-            "e.g. --set proposer.min_n=1 --set proposer.max_n=4"
-        )
-    return NgramProposer(min_n=min_n, max_n=max_n)
+@dataclass(frozen=True)
+class NgramOptions:
+    min_n: int = option(1, "shortest n-gram looked up", ge=1, le=64)
+    max_n: int = option(4, "longest n-gram looked up (tried first)", ge=1, le=64)
+
+    def check(self) -> str | None:
+        if self.min_n > self.max_n:
+            return f"min_n ({self.min_n}) must not exceed max_n ({self.max_n}); e.g. --set proposer.max_n=4"
+        return None
+
+
+def make_ngram(context: ProposerContext, options: NgramOptions) -> NgramProposer:
+    return NgramProposer(min_n=options.min_n, max_n=options.max_n)
 
 
 @hookimpl
 def register_proposers(register):
-    register.proposer("ngram", make_ngram)
+    register.proposer("ngram", make_ngram, options=NgramOptions, capabilities=ProposerCapabilities(stateful=True))

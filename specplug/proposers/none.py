@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from specplug.hookspecs import hookimpl
 from specplug.metadata import Draft, DraftRequest, ProposerContext
+from specplug.options import NoOptions
 from specplug.proposers.base import Proposer
 
 
@@ -16,10 +17,10 @@ class NoProposer(Proposer):
         return [Draft([]) for _ in requests]
 
 
-def make_none(context: ProposerContext) -> NoProposer:
+def make_none(context: ProposerContext, options: NoOptions) -> NoProposer:
     return NoProposer()
 
 
 @hookimpl
 def register_proposers(register):
-    register.proposer("none", make_none)
+    register.proposer("none", make_none, options=NoOptions)

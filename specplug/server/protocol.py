@@ -47,7 +47,11 @@ def make_job(server: Server, prompt: Prompt | list[int], max_new_tokens: int | N
     if len(prompt_ids) + wanted > context:
         raise ApiError(f"{max_tokens_param} is {wanted} but the prompt has {len(prompt_ids)} tokens and the "
                        f"context is {context}: ask for at most {context - len(prompt_ids)}", param=max_tokens_param)
-    return Job(prompt_ids, wanted, sampling(config.sampling, temperature, top_p, top_k, seed),
+    params = sampling(config.sampling, temperature, top_p, top_k, seed)
+    if not params.greedy and not server.can_sample:
+        raise ApiError(f"this server's verifier ('{config.verifier.name}') cannot sample: send temperature 0, "
+                       "or serve with verifier rejection", param="temperature")
+    return Job(prompt_ids, wanted, params,
                _stops(stop, config.stop), chosen, logprobs)
 
 

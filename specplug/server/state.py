@@ -45,6 +45,11 @@ class Server:
         return self.config.serve.served_model_name or self.config.model
 
     @property
+    def can_sample(self) -> bool:
+        capabilities = self.llm.registry.get("verifier", self.config.verifier.name).capabilities
+        return getattr(capabilities, "sampling", True)
+
+    @property
     def default_strategy(self) -> str:
         return self.config.serve.default_strategy
 

@@ -12,9 +12,13 @@ the tokens that follow that run in the phrase are the draft. The longest match w
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from specplug import Draft, DraftRequest, Proposer, ProposerContext, hookimpl
 from specplug.errors import ConfigError
+from specplug.options import option
+
+specplug_api_version = 1  # the plugin interface this package is written for
 
 
 class PhrasesProposer(Proposer):
@@ -40,27 +44,34 @@ class PhrasesProposer(Proposer):
         return []
 
 
-def make_phrases(context: ProposerContext, *, phrases: list[str] = (), min_match: int = 2) -> PhrasesProposer:
-    """Factory: the keyword-only parameters are the options ``proposer:`` accepts."""
-    if not (isinstance(min_match, int) and not isinstance(min_match, bool) and min_match >= 1):
-        raise ConfigError(f"proposer 'phrases' needs min_match to be an integer >= 1 (got {min_match!r})")
-    if not (isinstance(phrases, list) and phrases and all(isinstance(p, str) and p for p in phrases)):
-        raise ConfigError(
-            f"proposer 'phrases' needs a non-empty list of strings as phrases (got {phrases!r}); "
-            "e.g. --set 'proposer.phrases=[\" Apache License, Version 2.0\"]'"
-        )
+@dataclass(frozen=True)
+class PhrasesOptions:
+    """The options ``proposer:`` accepts, checked by specplug before the factory runs."""
+
+    phrases: list[str] = option(help="the phrases to complete, as text (at least one)")  # required
+    min_match: int = option(2, "tokens of a phrase the row must end with before it drafts the rest", ge=1)
+
+    def check(self) -> str | None:
+        if not self.phrases or not all(self.phrases):
+            return ("phrases must be a non-empty list of non-empty strings; "
+                    "e.g. --set 'proposer.phrases=[\" Apache License, Version 2.0\"]'")
+        return None
+
+
+def make_phrases(context: ProposerContext, options: PhrasesOptions) -> PhrasesProposer:
+    """Factory: ``options`` has passed the schema's checks; what needs the tokenizer is checked here."""
     if context.tokenizer is None:
         raise ConfigError("proposer 'phrases' needs an engine with a tokenizer to encode its phrases")
-    encoded = [context.tokenizer.encode(p, add_special_tokens=False) for p in phrases]
-    for text, ids in zip(phrases, encoded):
-        if len(ids) <= min_match:
+    encoded = [context.tokenizer.encode(p, add_special_tokens=False) for p in options.phrases]
+    for text, ids in zip(options.phrases, encoded):
+        if len(ids) <= options.min_match:
             raise ConfigError(
                 f"proposer 'phrases': phrase {text!r} is {len(ids)} tokens, so it can never draft with "
-                f"min_match={min_match}; make it longer or lower proposer.min_match"
+                f"min_match={options.min_match}; make it longer or lower proposer.min_match"
             )
-    return PhrasesProposer(encoded, min_match)
+    return PhrasesProposer(encoded, options.min_match)
 
 
 @hookimpl
 def register_proposers(register):
-    register.proposer("phrases", make_phrases)
+    register.proposer("phrases", make_phrases, options=PhrasesOptions)

@@ -1,0 +1,161 @@
+"""The plugin contract: option schemas, capabilities, isolation of broken plugins, interface version."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import pytest
+
+from specplug import hookimpl
+from specplug.config import load_config
+from specplug.errors import ConfigError
+from specplug.metadata import Draft, ProposerContext
+from specplug.options import option
+from specplug.plugins import load_registry, warn_unknown_hooks
+from specplug.proposers.base import Proposer
+from specplug.registry import ProposerCapabilities
+
+CONTEXT = ProposerContext(4, 100)
+
+
+class Fixed(Proposer):
+    name = "fixed"
+
+    def __init__(self, token: int):
+        self.token = token
+
+    def propose(self, requests):
+        return [Draft([self.token] * r.max_draft_tokens) for r in requests]
+
+
+@dataclass(frozen=True)
+class FixedOptions:
+    path: str = option(help="where the table lives")  # required
+    token: int = option(7, "the token drafted", ge=0, lt=100)
+    ratio: float = option(0.5, "a share", gt=0, le=1)
+    mode: str = option("fast", "how", choices=("fast", "exact"))
+
+
+class SchemaPlugin:
+    @hookimpl
+    def register_proposers(self, register):
+        register.proposer("fixed", lambda context, options: Fixed(options.token), options=FixedOptions,
+                          capabilities=ProposerCapabilities(stateful=False))
+
+
+def registry_with(plugin_manager, *plugins):
+    for plugin in plugins:
+        plugin_manager.register(plugin)
+    return load_registry(plugin_manager)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({}, "proposer 'fixed' needs option 'path' (where the table lives)"),
+    ({"path": 3}, "option 'path' must be str (got 3)"),
+    ({"path": "x", "token": 100}, "option 'token' must be >= 0 and < 100 (got 100)"),
+    ({"path": "x", "token": 1.5}, "option 'token' must be int (got 1.5)"),
+    ({"path": "x", "ratio": 0}, "option 'ratio' must be > 0 and <= 1 (got 0)"),
+    ({"path": "x", "ratio": float("nan")}, "option 'ratio' must be float (got nan)"),
+    ({"path": "x", "mode": "slow"}, "option 'mode' must be one of fast, exact (got 'slow')"),
+    ({"path": "x", "tokn": 3}, "has no option 'tokn' (did you mean 'token'?)"),
+])
+def test_options_are_checked_through_the_schema(plugin_manager, options, message):
+    registry = registry_with(plugin_manager, SchemaPlugin())
+    with pytest.raises(ConfigError) as error:
+        registry.create("proposer", "fixed", CONTEXT, options=options)
+    assert message in str(error.value)
+
+
+def test_schema_values_are_coerced_and_defaults_filled(plugin_manager):
+    registry = registry_with(plugin_manager, SchemaPlugin())
+    proposer = registry.create("proposer", "fixed", CONTEXT, options={"path": "t", "ratio": 1})
+    assert proposer.token == 7
+    parsed = registry.check_choice("proposer", "fixed", {"path": "t", "ratio": 1})
+    assert parsed.ratio == 1.0 and isinstance(parsed.ratio, float)
+    described = {o["name"]: o for o in registry.get("proposer", "fixed").describe_options()}
+    assert described["path"]["required"] and described["token"] == {
+        "name": "token", "type": "int", "default": 7, "required": False, "help": "the token drafted"}
+
+
+def test_a_misspelt_hook_warns_naming_plugin_and_hook(plugin_manager):
+    class Misspelt:
+        @hookimpl
+        def register_proposer(self, register):  # missing the s
+            register.proposer("never", lambda context: None)
+
+    plugin_manager.register(Misspelt(), name="misspelt")
+    with pytest.warns(UserWarning, match="plugin 'misspelt' implements 'register_proposer', which is not a "
+                                         "specplug hook \\(did you mean 'register_proposers'\\?\\)"):
+        warn_unknown_hooks(plugin_manager)
+    assert "never" not in load_registry(plugin_manager).names("proposer")
+
+
+def test_a_plugin_that_raises_is_skipped_and_the_others_register(plugin_manager):
+    class Raising:
+        @hookimpl
+        def register_proposers(self, register):
+            register.proposer("half", lambda context: None)
+            raise RuntimeError("boom")
+
+    plugin_manager.register(Raising(), name="raising")
+    plugin_manager.register(SchemaPlugin(), name="schema")
+    with pytest.warns(UserWarning, match="plugin 'raising' failed while registering \\(RuntimeError: boom\\)"):
+        registry = load_registry(plugin_manager)
+    assert "fixed" in registry.names("proposer") and "ngram" in registry.names("proposer")
+    assert "half" not in registry.names("proposer")  # nothing half-registered
+
+
+def test_a_factory_that_returns_no_proposer_is_named(plugin_manager):
+    class Wrong:
+        @hookimpl
+        def register_proposers(self, register):
+            register.proposer("wrong", lambda context: "not a proposer")
+
+    registry = registry_with(plugin_manager, Wrong())
+    with pytest.raises(ConfigError, match="proposer 'wrong' from plugin '.*': its factory returned 'str', not a "
+                                          "proposer"):
+        registry.create("proposer", "wrong", CONTEXT, options={})
+
+
+def test_a_plugin_for_another_interface_version_is_skipped(plugin_manager):
+    class Future:
+        specplug_api_version = 2
+
+        @hookimpl
+        def register_proposers(self, register):
+            register.proposer("future", lambda context: Fixed(1))
+
+    plugin_manager.register(Future(), name="future-plugin")
+    with pytest.warns(UserWarning, match="plugin 'future-plugin' is built for specplug plugin API 2; this "
+                                         "specplug speaks 1: it is skipped"):
+        registry = load_registry(plugin_manager)
+    assert "future" not in registry.names("proposer")
+
+
+def test_capability_mismatch_is_refused_at_start_up(plugin_manager):
+    registry = load_registry(plugin_manager)
+    config = load_config(overrides=["verifier.name=greedy", "sampling.temperature=0.7"])
+    with pytest.raises(ConfigError, match="verifier 'greedy' cannot verify sampled rows and sampling.temperature "
+                                          "is 0.7"):
+        registry.check_config([(config.proposer.name, config.proposer.options)],
+                              (config.verifier.name, config.verifier.options), config.sampling.temperature)
+    assert registry.get("proposer", "layerskip").capabilities.needs_target
+    assert registry.get("proposer", "draft_model").capabilities.draft_probs
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        registry.check_config([("ngram", {})], ("greedy", {}), 0.0)  # greedy rows: fine
+
+
+def test_plugins_command_shows_options_and_capabilities(capsys):
+    from specplug.cli import main
+
+    assert main(["plugins", "draft_model"]) == 0
+    out = capsys.readouterr().out
+    assert "model (str, required)" in out and "capabilities: draft_probs, stateful" in out
+    assert main(["plugins", "--json"]) == 0
+    import json
+
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert [o["name"] for o in rows["ngram"]["options"]] == ["min_n", "max_n"]
+    assert rows["greedy"]["capabilities"] == {"sampling": False}
