@@ -72,7 +72,6 @@ class OrderedResults:
             completion.index = self.order[self.next]
             self._write(completion)
             self.next += 1
-            self.written += 1
             if self.progress is not None:
                 self.progress.update(completion)
             if self.text_out is not None and self.next < len(self.order) and self.next in self.streams:
@@ -91,6 +90,7 @@ class OrderedResults:
         for out in self.json_outs:
             out.write(line)
             out.flush()
+        self.written += 1
         if self.text_out is not None:
             self.text_out.write("\n")
             self.text_out.flush()

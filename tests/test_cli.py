@@ -62,7 +62,7 @@ def test_stop_string_cuts_text():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--set", "proposer.name=ngarm"], "unknown proposer 'ngarm' (did you mean 'ngram'?); known proposers: draft_model, layerskip, ngram, none"),
+    (["--set", "proposer.name=ngarm"], "unknown proposer 'ngarm' (did you mean 'ngram'?); known proposers: draft_model, layerskip, ngram, none, suffix"),
     (["--set", "num_speculative_tokens=0"], "num_speculative_tokens must be an integer from 1 to 64"),
     (["--set", "model=/no/such/dir"], "model '/no/such/dir' not found"),
     (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
@@ -147,7 +147,7 @@ def test_ctrl_c_keeps_the_finished_results(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "specplug.cli", "generate", "--prompts-file", str(prompts),
                              "--max-new-tokens", "24", "--output", str(out), "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
+    deadline = time.time() + 600
     while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 2):
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
@@ -156,7 +156,8 @@ def test_ctrl_c_keeps_the_finished_results(tmp_path):
     kept = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(kept) >= 2 and [r["index"] for r in kept] == list(range(len(kept)))
     assert f"interrupted: {len(kept)} of 40 prompts done" in stderr and "Traceback" not in stderr
-    assert len(stdout.splitlines()) == len(kept)  # stdout got the same results, streamed
+    # stdout got the same results, streamed (the interrupt may land between its line and the file's)
+    assert len(kept) <= len(stdout.splitlines()) <= len(kept) + 1
 
 
 def test_progress_bar_in_a_terminal(tmp_path):
