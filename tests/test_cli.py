@@ -151,7 +151,7 @@ def test_ctrl_c_keeps_the_finished_results(tmp_path):
     while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 2):
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
+    stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 130
     kept = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(kept) >= 2 and [r["index"] for r in kept] == list(range(len(kept)))

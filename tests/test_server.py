@@ -209,7 +209,7 @@ def test_broken_swaps_are_refused_and_the_old_strategy_keeps_serving(served):
                          ({"serve": {"default_strategy": "missing"}}, "not a configured strategy"),
                          ({"model": "other"}, "cannot change while serving"),
                          ({"serve": {"strategies": {"wide": {"proposer": "ngram", "num_speculative_tokens": 9}}}},
-                          "max_num_speculative_tokens (4) is below")]:
+                          "'wide' drafts up to 9 tokens; this engine was started for at most 4")]:
         response = admin(base, body)
         assert response.status_code == 400 and reason in response.json()["error"], (body, response.text)
     assert served[0].default_strategy == "ngram"
