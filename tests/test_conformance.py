@@ -12,7 +12,7 @@ from specplug.proposers.base import Proposer
 from specplug.testing import VOCAB, check_proposer, make_factory, tiny_model
 
 
-@pytest.mark.parametrize("name, options", [("none", {}), ("ngram", {}), ("ngram", {"min_n": 2, "max_n": 3}),
+@pytest.mark.parametrize("name, options", [("none", {}), ("ngram", {"min_n": 2, "max_n": 3}),
                                            ("layerskip", {"skip_mlp": [1]})])
 def test_the_kit_passes_on_the_built_ins(name, options):
     check_proposer(name, options)
