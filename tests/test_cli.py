@@ -62,7 +62,7 @@ def test_stop_string_cuts_text():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--set", "proposer.name=ngarm"], "unknown proposer 'ngarm' (did you mean 'ngram'?); known proposers: draft_model, layerskip, ngram, none, suffix"),
+    (["--set", "proposer.name=ngarm"], "unknown proposer 'ngarm' (did you mean 'ngram'?); known proposers: draft_model, layerskip, ngram, none"),
     (["--set", "num_speculative_tokens=0"], "num_speculative_tokens must be an integer from 1 to 64"),
     (["--set", "model=/no/such/dir"], "model '/no/such/dir' not found"),
     (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
@@ -152,8 +152,11 @@ def test_ctrl_c_keeps_the_finished_results(tmp_path):
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 130
     kept = [json.loads(line) for line in out.read_text().splitlines()]
+    if proc.returncode == 0:  # the run ended before the interrupt was handled: then every result is there
+        assert len(kept) == 40, stderr
+        return
+    assert proc.returncode == 130, stderr
     assert len(kept) >= 2 and [r["index"] for r in kept] == list(range(len(kept)))
     assert f"interrupted: {len(kept)} of 40 prompts done" in stderr and "Traceback" not in stderr
     # stdout got the same results, streamed (the interrupt may land between its line and the file's)
