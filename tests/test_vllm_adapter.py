@@ -138,7 +138,7 @@ def test_config_swap_applies_at_the_next_step(proposer, tmp_path):
 
 
 @pytest.mark.parametrize("config, message", [
-    ({"proposer": {"name": "no_such"}}, "unknown proposer 'no_such'; known proposers: draft_model, layerskip, ngram, none"),
+    ({"proposer": {"name": "no_such"}}, "unknown proposer 'no_such'; known proposers: draft_model, layerskip, ngram, none, suffix"),
     ({"proposer": {"name": "ngram"}, "num_speculative_tokens": 6}, "above vLLM's speculative_config"),
     ({"proposer": {"name": "ngram", "min_n": 9, "max_n": 2}}, "min_n (9) must not exceed max_n (2)"),
 ])
@@ -153,7 +153,7 @@ def test_a_broken_new_config_is_rejected_and_the_old_proposer_keeps_running(prop
 
 
 @pytest.mark.parametrize("config, message", [
-    ({"proposer": {"name": "no_such"}}, "unknown proposer 'no_such'; known proposers: draft_model, layerskip, ngram, none"),
+    ({"proposer": {"name": "no_such"}}, "unknown proposer 'no_such'; known proposers: draft_model, layerskip, ngram, none, suffix"),
     ({"num_speculative_tokens": 5}, "num_speculative_tokens is 5, above vLLM's"),
     ({"proposer": {"name": "draft_model", "model": "/nonexistent/draft"}}, "specplug make-draft"),
 ])
