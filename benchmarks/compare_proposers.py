@@ -3,9 +3,14 @@
 For each strategy: tokens/s, acceptance a (accepted / drafted), mean accepted drafts per verify step,
 the measured cost ratio c (one draft forward / one target forward, both 1 token, same context) and the
 speed-up the formula (1 - a^(k+1)) / ((1 - a)(k c + 1)) predicts from them, next to the measured one.
+Several prompts files run one after another in the order given, each in its own order, and are reported
+apart; every strategy keeps its proposer for the whole run (so `suffix`'s cache warms up across it).
 
     .venv/bin/python benchmarks/compare_proposers.py --prompts-file benchmarks/grounded.jsonl \
         --strategy ngram=configs/ngram.yaml --strategy layerskip=configs/layerskip.yaml ...
+    .venv/bin/python benchmarks/compare_proposers.py --prompts-file benchmarks/repetitive.jsonl \
+        --prompts-file benchmarks/grounded.jsonl --prompts-file benchmarks/open_ended.jsonl \
+        --strategy ngram=configs/ngram.yaml --strategy suffix=configs/suffix.yaml
 """
 
 from __future__ import annotations
@@ -28,28 +33,19 @@ def cost_ratio(llm: LLM) -> float | None:
     return forward_ms(drafter, plan=llm.proposer.plan) / forward_ms(llm.model)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--prompts-file", required=True)
-    parser.add_argument("--strategy", action="append", default=[], metavar="LABEL=CONFIG")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    args = parser.parse_args()
-    plain = LLM(load_config("configs/none.yaml"))
-    strategies = {"none": plain}
-    for item in args.strategy:
-        label, path = item.split("=", 1)
-        config = load_config(path)
-        strategies[label] = plain.variant(config.proposer.name, num_speculative_tokens=config.num_speculative_tokens,
-                                          **config.proposer.options)
-    prompts = [plain.encode(p) for p in read_prompts_file(args.prompts_file)]
-    for llm in strategies.values():  # warm-up
-        _engine_run(llm, prompts[0][:32], 8)
+def variant(plain: LLM, path: str) -> LLM:
+    config = load_config(path)
+    return plain.variant(config.proposer.name, num_speculative_tokens=config.num_speculative_tokens,
+                         adaptive_k=config.adaptive_k, **config.proposer.options)
+
+
+def run_file(strategies: dict[str, LLM], prompts: list[list[int]], max_new_tokens: int) -> dict:
     totals = {label: {"tokens": 0, "seconds": 0.0, "drafted": 0, "accepted": 0, "steps": 0} for label in strategies}
     outputs: dict[str, list[list[int]]] = {label: [] for label in strategies}
     for ids in prompts:
         for label, llm in strategies.items():
             start = time.perf_counter()
-            tokens, stats = _engine_run(llm, ids, args.max_new_tokens)
+            tokens, stats = _engine_run(llm, ids, max_new_tokens)
             total = totals[label]
             total["seconds"] += time.perf_counter() - start
             total["tokens"] += len(tokens)
@@ -57,6 +53,11 @@ def main() -> None:
             total["accepted"] += stats["accepted_tokens"]
             total["steps"] += stats["verify_steps"]
             outputs[label].append(tokens)
+    return {"totals": totals, "outputs": outputs}
+
+
+def summarise(strategies: dict[str, LLM], run: dict) -> list[dict]:
+    totals, outputs = run["totals"], run["outputs"]
     base = totals["none"]["tokens"] / totals["none"]["seconds"]
     rows = []
     for label, llm in strategies.items():
@@ -74,8 +75,32 @@ def main() -> None:
                      "c": None if c is None else round(c, 3),
                      "predicted_speedup": None if predicted is None else round(predicted, 3),
                      "prompts_differing_from_plain": differing})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--prompts-file", action="append", required=True, help="repeatable: run in the order given")
+    parser.add_argument("--strategy", action="append", default=[], metavar="LABEL=CONFIG")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    args = parser.parse_args()
+    plain = LLM(load_config("configs/none.yaml"))
+    strategies = {"none": plain}
+    for item in args.strategy:
+        label, path = item.split("=", 1)
+        strategies[label] = variant(plain, path)
+    files = {path: [plain.encode(p) for p in read_prompts_file(path)] for path in args.prompts_file}
+    warm_up = next(iter(files.values()))[0][:32]
+    for llm in strategies.values():
+        _engine_run(llm, warm_up, 8)
+    results = []
+    for path, prompts in files.items():
+        rows = summarise(strategies, run_file(strategies, prompts, args.max_new_tokens))
+        results.append({"prompts_file": path, "prompts": len(prompts), "rows": rows})
+    sources = {label: dict(llm.proposer.drafts_from) for label, llm in strategies.items()
+               if hasattr(llm.proposer, "drafts_from")}  # suffix: which index each draft came from
     print(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": machine_description(),
-                      "prompts_file": args.prompts_file, "max_new_tokens": args.max_new_tokens, "rows": rows},
+                      "max_new_tokens": args.max_new_tokens, "files": results, "draft_sources": sources},
                      indent=2))
 
 

@@ -1,12 +1,17 @@
-"""vLLM plain, vLLM's built-in ngram and vLLM + specplug ngram, side by side in one run.
+"""vLLM plain, vLLM's built-in ngram, vLLM + specplug ngram and vLLM + specplug suffix, side by side
+in one run.
 
-Three engines stay up together (an idle vLLM engine uses no CPU); each measurement runs the same
+The engines stay up together (an idle vLLM engine uses no CPU); each measurement runs the same
 requests on each engine in turn, and rounds repeat that, so drift in the machine's speed hits all
-three alike. Batch 1 sends the requests one at a time; the full batch sends them all at once (the
-prompts file twice, up to max_num_seqs rows at a time). Then the specplug engine switches strategy
-through its config file and the worker's resident memory is read after each, for the memory table.
+alike. Batch 1 sends the requests one at a time; the full batch sends them all at once (the prompts
+file twice, up to max_num_seqs rows at a time). Prompts files run in the order given (repetitive
+first: `suffix`'s cache, which lives as long as its engine, warms up as in production). Then the
+specplug ngram engine switches strategy through its config file and the worker's resident memory is
+read after each, for the memory table (`--no-memory` skips it).
 
     .venv/bin/python benchmarks/vllm_compare.py --rounds 2 > vllm-compare.json
+    .venv/bin/python benchmarks/vllm_compare.py --rounds 1 --engines plain,specplug-ngram,specplug-suffix \
+        --files repetitive,grounded,open_ended --no-memory
 """
 
 from __future__ import annotations
@@ -22,23 +27,37 @@ import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PROMPT_FILES = {"grounded": ROOT / "benchmarks" / "grounded.jsonl", "open_ended": ROOT / "benchmarks" / "open_ended.jsonl"}
+PROMPT_FILES = {name: ROOT / "benchmarks" / f"{name}.jsonl" for name in ("repetitive", "grounded", "open_ended")}
 MAX_NUM_SEQS = 8
+ENGINES = {"plain": "vLLM plain", "builtin-ngram": "vLLM ngram (built-in)",
+           "specplug-ngram": "vLLM + specplug ngram", "specplug-suffix": "vLLM + specplug suffix"}
 
 
-def engines(model_dir: str, k: int, config_path: Path):
+def engines(model_dir: str, k: int, config_dir: Path, chosen: list[str]):
+    """The chosen engines; each specplug one reads its own config file (configs/ngram.yaml with k, or
+    configs/suffix.yaml), whose k is vLLM's bound for it."""
     from vllm import LLM
 
     common = dict(model=model_dir, dtype="float32", max_model_len=2048, max_num_seqs=MAX_NUM_SEQS,
                   enforce_eager=True, disable_log_stats=False, seed=0)
-    os.environ["SPECPLUG_CONFIG"] = str(config_path)
-    return {
-        "vLLM plain": LLM(**common),
-        "vLLM ngram (built-in)": LLM(**common, speculative_config={
-            "method": "ngram", "num_speculative_tokens": k, "prompt_lookup_min": 1, "prompt_lookup_max": 4}),
-        "vLLM + specplug ngram": LLM(**common, speculative_config={
-            "method": "custom_class", "model": "specplug_vllm.Proposer", "num_speculative_tokens": k}),
-    }
+    built = {}
+    for name in chosen:
+        if name == "plain":
+            built[ENGINES[name]] = LLM(**common)
+        elif name == "builtin-ngram":
+            built[ENGINES[name]] = LLM(**common, speculative_config={
+                "method": "ngram", "num_speculative_tokens": k, "prompt_lookup_min": 1, "prompt_lookup_max": 4})
+        else:
+            config = yaml.safe_load((ROOT / "configs" / f"{name.split('-')[1]}.yaml").read_text())
+            if name == "specplug-ngram":
+                config["num_speculative_tokens"] = k
+            path = config_dir / f"{name}.yaml"
+            path.write_text(yaml.safe_dump(config))
+            os.environ["SPECPLUG_CONFIG"] = str(path)  # read by the worker the engine starts now
+            built[ENGINES[name]] = LLM(**common, speculative_config={
+                "method": "custom_class", "model": "specplug_vllm.Proposer",
+                "num_speculative_tokens": config["num_speculative_tokens"]})
+    return built
 
 
 def spec_counters(llm) -> tuple[float, float]:
@@ -78,7 +97,7 @@ def measure(llms, requests_by_file, rounds: int, max_tokens: int) -> list[dict]:
                     before = spec_counters(llm)
                     seconds, outputs = timed(llm, requests, batch, max_tokens)
                     after = spec_counters(llm)
-                    reference = reference or outputs
+                    reference = reference or outputs  # the first engine's (plain, when chosen)
                     t = totals.setdefault((file, mode, label), {"tokens": 0, "seconds": 0.0, "drafted": 0.0,
                                                                 "accepted": 0.0, "differing": 0})
                     t["tokens"] += sum(map(len, outputs))
@@ -88,11 +107,11 @@ def measure(llms, requests_by_file, rounds: int, max_tokens: int) -> list[dict]:
                     t["differing"] += sum(a != b for a, b in zip(reference, outputs))
     rows = []
     for (file, mode, label), t in totals.items():
-        plain = totals[(file, mode, "vLLM plain")]
+        plain = totals.get((file, mode, "vLLM plain"))
         rate = t["tokens"] / t["seconds"]
         rows.append({"prompts": file, "mode": mode, "engine": label, "tokens": t["tokens"],
                      "tokens_per_second": round(rate, 2),
-                     "vs_plain": round(rate / (plain["tokens"] / plain["seconds"]), 3),
+                     "vs_plain": round(rate / (plain["tokens"] / plain["seconds"]), 3) if plain else None,
                      "acceptance": round(t["accepted"] / t["drafted"], 3) if t["drafted"] else None,
                      "requests_differing_from_plain": t["differing"]})
     return rows
@@ -113,7 +132,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("-k", type=int, default=3)
+    parser.add_argument("-k", type=int, default=3, help="k of built-in ngram and specplug ngram")
+    parser.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated, from {', '.join(ENGINES)}")
+    parser.add_argument("--files", default=",".join(PROMPT_FILES), help="comma-separated prompts files, in order")
+    parser.add_argument("--no-memory", action="store_true", help="skip the worker memory table")
     args = parser.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from specplug.bench import machine_description
@@ -122,18 +144,20 @@ def main() -> None:
 
     model_dir = resolve_model("smollm2-135m")
     tokenizer = load_tokenizer(model_dir)
-    requests_by_file = {name: [encode_prompt(tokenizer, p) for p in read_prompts_file(path)]
-                        for name, path in PROMPT_FILES.items()}
-    config_path = Path(tempfile.mkdtemp()) / "specplug.yaml"
-    config_path.write_text(yaml.safe_dump({"proposer": {"name": "ngram"}, "num_speculative_tokens": args.k}))
-    llms = engines(str(model_dir), args.k, config_path)
+    requests_by_file = {name: [encode_prompt(tokenizer, p) for p in read_prompts_file(PROMPT_FILES[name])]
+                        for name in args.files.split(",")}
+    config_dir = Path(tempfile.mkdtemp())
+    chosen = args.engines.split(",")
+    llms = engines(str(model_dir), args.k, config_dir, chosen)
     rows = measure(llms, requests_by_file, args.rounds, args.max_tokens)
-    configs = {name: yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
-               for name in ("none", "ngram", "draft_model", "layerskip")}  # RSS only grows: each adds its part
-    memory_rows = memory(llms["vLLM + specplug ngram"], config_path, configs, requests_by_file["grounded"])
-    print(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": machine_description(), "k": args.k,
-                      "rounds": args.rounds, "max_tokens": args.max_tokens, "rows": rows,
-                      "worker_memory": memory_rows}, indent=2))
+    result = {"date": time.strftime("%Y-%m-%d"), "machine": machine_description(), "k": args.k,
+              "rounds": args.rounds, "max_tokens": args.max_tokens, "rows": rows}
+    if not args.no_memory and "specplug-ngram" in chosen:
+        configs = {name: yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
+                   for name in ("none", "ngram", "draft_model", "layerskip")}  # RSS only grows: each adds its part
+        result["worker_memory"] = memory(llms[ENGINES["specplug-ngram"]], config_dir / "specplug-ngram.yaml", configs,
+                                         requests_by_file.get("grounded") or next(iter(requests_by_file.values())))
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

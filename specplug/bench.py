@@ -70,7 +70,7 @@ def hf_generate(hf_model, prompt_ids: list[int], max_new_tokens: int, eos: list[
 def run_bench(config: Config, prompts: list[Prompt], max_new_tokens: int | None = None,
               progress: IO[str] | None = None) -> dict[str, Any]:
     spec = LLM(config)
-    plain = spec.variant(proposer="none")
+    plain = spec.plain()
     hf_model = load_hf_model(spec.model_dir, parse_dtype(config.dtype))
     max_new = max_new_tokens or config.max_new_tokens
     greedy = config.sampling.greedy

@@ -14,11 +14,15 @@ import torch
 
 from specplug.config import Config, PluginChoice, load_config
 from specplug.errors import ConfigError
+from specplug.engine.auto import AutoDraftLength
 from specplug.engine.engine import Engine, Request, Row, StepOutput
+from specplug.engine.strategy import Strategy
+from specplug.models.costs import cost_by_width
 from specplug.models.loader import (compact_from_hf, load_hf_model, load_tokenizer, parse_device, parse_dtype,
                                     resolve_model)
 from specplug.metadata import ProposerContext, SamplingParams
 from specplug.plugins import load_registry
+from specplug.proposers import none
 from specplug.proposers.base import Proposer
 from specplug.prompts import Prompt, encode_prompt
 from specplug.registry import Registry
@@ -62,6 +66,7 @@ class LLM:
         del hf_model
         self.max_batch_size = max_batch_size
         self.max_speculative_tokens = max_speculative_tokens  # verify width bound (default: the config's k)
+        self.cost_priors: dict[tuple[int, int], dict[int, float]] = {}  # shared with variants: same weights
         self._check_context()
         self._build_engine()
 
@@ -80,8 +85,32 @@ class LLM:
         self.verifier = self.registry.create("verifier", config.verifier.name, options=config.verifier.options)
         self.engine = Engine(self.model, self.tokenizer, self.proposer, self.verifier,
                              config.num_speculative_tokens, self.max_batch_size, config.max_model_len,
-                             config.seed, self.eos_token_ids, config.adaptive_k, config.enforce_eager,
+                             config.seed, self.eos_token_ids, config.adaptive_k is True, config.enforce_eager,
                              compiled=config.compile == "on", max_speculative_tokens=self.max_speculative_tokens)
+        self.engine.strategy.policy = self.draft_policy(config.num_speculative_tokens, config.adaptive_k)
+
+    def make_strategy(self, name: str, choice: PluginChoice, k: int, adaptive_k: bool | str,
+                      explore: float | None = None) -> Strategy:
+        """A strategy for this LLM's engine: a new proposer, its k and how its draft length moves."""
+        return Strategy(name, self.make_proposer(choice, k), k, adaptive_k is True,
+                        self.draft_policy(k, adaptive_k, explore))
+
+    def draft_policy(self, k: int, adaptive_k: bool | str, explore: float | None = None) -> AutoDraftLength | None:
+        """``adaptive_k: auto``'s policy (None otherwise); ``explore`` defaults to the config's serve.auto.explore."""
+        if adaptive_k != "auto":
+            return None
+        return AutoDraftLength(k, self.cost_prior(), self.config.serve.auto_explore if explore is None else explore)
+
+    def cost_prior(self) -> dict[int, float]:
+        """ms per forward by token count at batch 1, from 1 to a full batch of the widest verify:
+        ``auto``'s cost prior, measured once per batch size and width on these weights."""
+        widest = max(self.max_speculative_tokens or 0, self.config.num_speculative_tokens) + 1
+        key = (self.max_batch_size, widest)
+        if key not in self.cost_priors:
+            most = self.max_batch_size * widest
+            counts = sorted({1, 2, 3, 4, *(2**i for i in range(3, most.bit_length() + 1)), *range(1, widest + 1), most})
+            self.cost_priors[key] = cost_by_width(self.model, [c for c in counts if c <= max(most, 4)], repeats=2)
+        return self.cost_priors[key]
 
     def make_proposer(self, choice: PluginChoice, num_speculative_tokens: int) -> Proposer:
         """A new proposer for this LLM's engine (its own per-row state), from a configured choice."""
@@ -92,7 +121,7 @@ class LLM:
 
     def variant(self, proposer: str | None = None, num_speculative_tokens: int | None = None,
                 max_batch_size: int | None = None, sampling: SamplingParams | None = None,
-                adaptive_k: bool | None = None, max_model_len: int | None = None,
+                adaptive_k: bool | str | None = None, max_model_len: int | None = None,
                 **proposer_options: Any) -> "LLM":
         """Another LLM on the same weights: another proposer, k, batch size, sampling, adaptive_k or context."""
         other = copy.copy(self)
@@ -106,6 +135,10 @@ class LLM:
         other.max_batch_size = max_batch_size or self.max_batch_size
         other._build_engine()
         return other
+
+    def plain(self) -> "LLM":
+        """The same engine decoding without speculation: the baseline."""
+        return self.variant(none.NAME)
 
     def encode(self, prompt: Prompt) -> list[int]:
         return encode_prompt(self.tokenizer, prompt)

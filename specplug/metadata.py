@@ -45,6 +45,17 @@ class Draft:
     # [n_draft, V] distribution each draft token was sampled from (same filters as the target's);
     # None for a deterministic draft (n-gram lookup, greedy draft), verified as one-hot.
     probs: torch.Tensor | None = None
+    # [n_draft] optional: the proposer's estimate that each draft token matches the target's, given that
+    # the ones before it did. ``adaptive_k: auto`` learns how far to trust it and cuts drafts that would
+    # cost more verify time than they are expected to save; other draft policies ignore it.
+    confidence: Sequence[float] | None = None
+
+    def cut(self, n: int) -> "Draft":
+        """The first ``n`` tokens of this draft."""
+        if n >= len(self.token_ids):
+            return self
+        return Draft(self.token_ids[:n], None if self.probs is None else self.probs[:n],
+                     None if self.confidence is None else self.confidence[:n])
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ DEFAULT_PLUGINS = (
     "specplug.proposers.none",
     "specplug.proposers.draft_model",
     "specplug.proposers.layerskip",
+    "specplug.proposers.suffix",
     "specplug.verifiers.builtin",
 )
 

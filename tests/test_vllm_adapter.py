@@ -138,7 +138,7 @@ def test_config_swap_applies_at_the_next_step(proposer, tmp_path):
 
 
 @pytest.mark.parametrize("config, message", [
-    ({"proposer": {"name": "no_such"}}, "unknown proposer 'no_such'; known proposers: draft_model, layerskip, ngram, none"),
+    ({"proposer": {"name": "no_such"}}, "unknown proposer 'no_such'; known proposers: draft_model, layerskip, ngram, none, suffix"),
     ({"proposer": {"name": "ngram"}, "num_speculative_tokens": 6}, "above vLLM's speculative_config"),
     ({"proposer": {"name": "ngram", "min_n": 9, "max_n": 2}}, "min_n (9) must not exceed max_n (2)"),
 ])
@@ -153,7 +153,7 @@ def test_a_broken_new_config_is_rejected_and_the_old_proposer_keeps_running(prop
 
 
 @pytest.mark.parametrize("config, message", [
-    ({"proposer": {"name": "no_such"}}, "unknown proposer 'no_such'; known proposers: draft_model, layerskip, ngram, none"),
+    ({"proposer": {"name": "no_such"}}, "unknown proposer 'no_such'; known proposers: draft_model, layerskip, ngram, none, suffix"),
     ({"num_speculative_tokens": 5}, "num_speculative_tokens is 5, above vLLM's"),
     ({"proposer": {"name": "draft_model", "model": "/nonexistent/draft"}}, "specplug make-draft"),
 ])
@@ -192,9 +192,16 @@ def test_config_watcher_sees_replaced_and_removed_files(tmp_path):
     assert watcher.changed()
 
 
-def test_adaptive_k_moves_each_rows_budget_within_the_configs_k(vllm_config, tmp_path, monkeypatch):
-    path = write_config(tmp_path / "a.yaml", proposer={"name": "ngram"}, num_speculative_tokens=3, adaptive_k=True)
+@pytest.mark.parametrize("adaptive_k", [True, "auto"])
+def test_adaptive_k_moves_each_rows_budget_within_the_configs_k(vllm_config, tmp_path, monkeypatch, caplog,
+                                                               adaptive_k):
+    """``auto`` (the embedded engine's timed policy) runs as ``true`` here, and says so once."""
+    path = write_config(tmp_path / "a.yaml", proposer={"name": "ngram"}, num_speculative_tokens=3,
+                        adaptive_k=adaptive_k)
     monkeypatch.setenv("SPECPLUG_CONFIG", path)
+    from specplug_vllm.strategy import warn_auto_is_heuristic
+
+    warn_auto_is_heuristic.cache_clear()
     proposer, batch = Proposer(vllm_config), Batch()
     batch.set(0, REPEATING)
     assert batch.propose(proposer, [[6], [], [], []])[0] == [8, 9, 5]
@@ -206,6 +213,7 @@ def test_adaptive_k_moves_each_rows_budget_within_the_configs_k(vllm_config, tmp
     batch.set(0, REPEATING + [1, 5, 6, 1, 5])  # both accepted, plus a bonus token
     batch.propose(proposer, [[6, 1, 5], [], [], []])
     assert proposer.rows.by_row[0].k == 3  # back up, never above the config's k
+    assert ("runs as adaptive_k: true" in caplog.text) == (adaptive_k == "auto")
 
 
 def test_stats_file_holds_the_strategies_swaps_and_rejections(vllm_config, tmp_path, monkeypatch):

@@ -200,3 +200,20 @@ def test_strategy_swaps_mid_run_and_a_broken_config_keeps_the_old_one(engine, pr
     ngram_run = stats["strategies"][-2]
     assert ngram_run["proposer"] == "ngram" and ngram_run["drafted"] > 0
     assert stats["current"]["drafted"] > 0  # layerskip drafted for the requests already in flight
+
+
+def test_suffix_in_vllm_equals_plain_at_batch_1_and_4(engine, prompts, same_as_plain, llm, assert_same_greedy):
+    """suffix inside vLLM: its global cache lives in the engine's proposer and fills as requests finish."""
+    config = config_file("suffix.yaml") | {"num_speculative_tokens": BOUND}
+    outputs, _ = run_strategy(engine, prompts, config)  # up to 4 rows at once
+    same_as_plain(outputs, "specplug suffix in vLLM")
+    repetitive = [encode_prompt(llm.tokenizer, p)
+                  for p in read_prompts_file(ROOT / "benchmarks" / "repetitive.jsonl")][:12]
+    reference = [llm.generate_ids([ids], MAX_TOKENS)[0].token_ids for ids in repetitive]  # embedded, plain
+    one_at_a_time = [generate(engine.llm, [ids])[0] for ids in repetitive]
+    together = generate(engine.llm, repetitive)
+    for label, got in (("batch 1", one_at_a_time), ("batch 4", together)):
+        for ids, ref, out in zip(repetitive, reference, got):
+            assert_same_greedy(ids, ref, out, f"specplug suffix in vLLM, repetitive, {label}")
+    current = engine.stats()["current"]
+    assert current["proposer"] == "suffix" and current["accepted"] > 0

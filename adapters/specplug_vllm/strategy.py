@@ -76,6 +76,8 @@ class StrategyBuilder:
                 f"speculative_config num_speculative_tokens ({self.shape.max_k}), the bound: raise vLLM's or "
                 "lower the config's"
             )
+        if config.adaptive_k == "auto":
+            warn_auto_is_heuristic()
         reg = registry()
         reg.check_choice("proposer", config.proposer.name, config.proposer.options)
         shape = self.shape
@@ -103,3 +105,10 @@ def warn_probs_dropped(name: str) -> None:
     """Once per proposer: vLLM's custom drafter hook takes token ids only."""
     logger.warning("specplug: proposer '%s' returns draft probabilities, which vLLM's drafter hook drops: vLLM "
                    "verifies its drafts as deterministic (lossless, with lower acceptance when sampling)", name)
+
+
+@functools.cache
+def warn_auto_is_heuristic() -> None:
+    """Once: ``auto`` times the embedded engine's own verify steps, which an adapter cannot."""
+    logger.warning("specplug: adaptive_k: auto needs the embedded engine's verify-step timings; inside an engine "
+                   "adapter it runs as adaptive_k: true (per-row draft length from recent acceptance)")

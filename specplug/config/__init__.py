@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from specplug.config.checks import (MAX_SPECULATIVE_TOKENS, PluginChoice, check_keys, choice, integer, require,
-                                    speculative_tokens)
+from specplug.config.checks import (MAX_SPECULATIVE_TOKENS, PluginChoice, check_adaptive_k, check_keys, choice,
+                                    integer, require, speculative_tokens)
 from specplug.config.serve import SERVE_DEFAULTS, ServeConfig, StrategyConfig, parse_serve, serve_to_dict
 from specplug.errors import ConfigError
 from specplug.metadata import SamplingParams
@@ -34,7 +34,9 @@ DEFAULTS: dict[str, Any] = {
     "dtype": "float32",
     "device": "cpu",  # cpu, cuda, cuda:N, auto
     "num_speculative_tokens": 3,  # k, as in vLLM (3: a 4-token verify costs ~15% more than one step on CPU)
-    "adaptive_k": False,  # per-row draft length from recent acceptance (k is then the upper bound)
+    # per-row draft length from recent acceptance (k is then the upper bound); auto: each step's from
+    # measured verify cost and acceptance (and the proposer's draft confidences where it states them)
+    "adaptive_k": False,
     "proposer": {"name": "ngram"},
     "verifier": {"name": "rejection"},
     "sampling": {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0},
@@ -55,7 +57,7 @@ class Config:
     dtype: str
     device: str
     num_speculative_tokens: int
-    adaptive_k: bool
+    adaptive_k: bool | str  # False, True or "auto"
     proposer: PluginChoice
     verifier: PluginChoice
     sampling: SamplingParams
@@ -176,8 +178,9 @@ def validate(data: dict[str, Any], source: str = "defaults") -> Config:
             f"sampling.seed must be an integer from 0 to {MAX_SAMPLING_SEED} or null (got {sampling['seed']!r})")
     for key in ("max_model_len", "max_new_tokens"):
         require(integer(data[key]) and data[key] >= 1, f"{key} must be an integer >= 1 (got {data[key]!r})")
-    for key in ("adaptive_k", "enforce_eager"):
-        require(isinstance(data[key], bool), f"{key} must be true or false (got {data[key]!r})")
+    check_adaptive_k(data["adaptive_k"])
+    require(isinstance(data["enforce_eager"], bool),
+            f"enforce_eager must be true or false (got {data['enforce_eager']!r})")
     require(data["linear_kernel"] in LINEAR_KERNELS,
             f"linear_kernel must be one of {', '.join(LINEAR_KERNELS)} (got {data['linear_kernel']!r}); "
             "auto measures the fastest on this machine")

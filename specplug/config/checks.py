@@ -48,3 +48,11 @@ def speculative_tokens(k: Any, key: str) -> int:
             f"{key} must be an integer from 1 to {MAX_SPECULATIVE_TOKENS} (got {k!r}); "
             "use proposer: {name: none} for plain decoding")
     return k
+
+
+def check_adaptive_k(value: Any, where: str = "adaptive_k") -> bool | str:
+    """false (fixed k), true (per-row heuristic) or auto (measured cost and acceptance)."""
+    require(isinstance(value, bool) or value == "auto",
+            f"{where} must be true, false or auto (got {value!r}); auto chooses each step's draft length "
+            "from this machine's measured verify cost and the acceptance seen so far")
+    return value

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from specplug.config.checks import PluginChoice, check_keys, choice, integer, require, speculative_tokens
+from specplug.config.checks import (PluginChoice, check_adaptive_k, check_keys, choice, integer, require,
+                                   speculative_tokens)
 from specplug.errors import closest
 
 SERVE_DEFAULTS: dict[str, Any] = {
@@ -27,7 +28,7 @@ STRATEGY_KEYS = {"proposer": None, "num_speculative_tokens": None, "adaptive_k":
 class StrategyConfig:
     proposer: PluginChoice
     num_speculative_tokens: int
-    adaptive_k: bool
+    adaptive_k: bool | str  # False, True or "auto"
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ def parse_serve(data: dict[str, Any], k: int) -> ServeConfig:
                        float(drain), serve["sagemaker_stream"])
 
 
-def strategy_config(where: str, entry: Any, k: int, adaptive_k: bool) -> StrategyConfig:
+def strategy_config(where: str, entry: Any, k: int, adaptive_k: bool | str) -> StrategyConfig:
     if isinstance(entry, str):
         entry = {"proposer": entry}
     require(isinstance(entry, dict),
@@ -99,12 +100,11 @@ def strategy_config(where: str, entry: Any, k: int, adaptive_k: bool) -> Strateg
     require("proposer" in entry, f"{where} needs a proposer, e.g. proposer: {{name: ngram}}")
     proposer = choice({"proposer": entry["proposer"]}, "proposer")
     strategy_k = speculative_tokens(entry.get("num_speculative_tokens", k), f"{where}.num_speculative_tokens")
-    adaptive = entry.get("adaptive_k", adaptive_k)
-    require(isinstance(adaptive, bool), f"{where}.adaptive_k must be true or false (got {adaptive!r})")
+    adaptive = check_adaptive_k(entry.get("adaptive_k", adaptive_k), f"{where}.adaptive_k")
     return StrategyConfig(proposer, strategy_k, adaptive)
 
 
-def serve_to_dict(serve: ServeConfig, top: PluginChoice, k: int, adaptive_k: bool) -> dict[str, Any]:
+def serve_to_dict(serve: ServeConfig, top: PluginChoice, k: int, adaptive_k: bool | str) -> dict[str, Any]:
     """The ``serve`` mapping of a config file. What the section derives by itself (the top-level and
     `none` strategies, a default and auto strategy that are the top-level one, the width bound) is left
     out, so that it follows the top-level keys when the file is edited."""

@@ -7,7 +7,13 @@ most expected tokens per second of step time, from measured costs and measured a
 - Acceptance: per row, the chance that a draft token is accepted given the ones before it were,
   counted from its own recent steps and shrunk toward the strategy-wide rate (a few pseudo-steps).
 - A row with per-token acceptance a and budget k emits (1 - a^(k+1)) / (1 - a) tokens on average.
-- Exploration: with probability ``explore`` a random width, so estimates at unused widths stay fresh.
+- Drafts that carry a per-token ``confidence`` (``suffix``): the proposer drafts its full k, then the
+  step keeps the width whose expected tokens per second is highest, each token's chance of acceptance
+  read from a calibration of the stated confidence against what was accepted (``Calibration``), scaled
+  by the row's acceptance against all rows'. The proposer's own numbers are never trusted as they are:
+  only what they turned out to be worth.
+- Exploration: with probability ``explore`` a width next to the best one, so the estimates around the
+  choice stay fresh (a random far width could cost several steps' time on a CPU).
 Width 1 is plain decoding (nothing is drafted, the proposer is not called), so auto can always fall
 back to it. Static tables (vLLM's ``num_speculative_tokens_per_batch_size``, TensorRT-LLM's
 ``draft_len_schedule``) fix this choice per batch size ahead of time; auto measures it.
@@ -18,7 +24,7 @@ from __future__ import annotations
 import bisect
 import random
 from collections import Counter
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 
 ROW_DECAY = 0.8  # weight of a row's older steps per new step
 GLOBAL_DECAY = 0.98
@@ -40,6 +46,35 @@ class Acceptance:
     def rate(self, prior: float = 0.5, weight: float = 0.0) -> float:
         total = self.trials + weight
         return (self.accepted + prior * weight) / total if total else prior
+
+
+class Calibration:
+    """What a stated confidence is worth: per confidence bin (tenths of [0, 1]), the decayed share of
+    draft tokens accepted given the ones before were, shrunk toward the stated value itself."""
+
+    def __init__(self, bins: int = 10):
+        self.bins = [Acceptance(GLOBAL_DECAY) for _ in range(bins)]
+
+    def _bin(self, confidence: float) -> Acceptance:
+        return self.bins[min(int(confidence * len(self.bins)), len(self.bins) - 1)]
+
+    def rate(self, confidence: float) -> float:
+        return self._bin(confidence).rate(confidence, PRIOR_STEPS)
+
+    def observe(self, confidence: Sequence[float], accepted: int) -> None:
+        """One verified draft: its tokens up to the first rejection were tried, the first ``accepted`` passed."""
+        for j, c in enumerate(confidence[: accepted + 1]):
+            self._bin(c).add(1, int(j < accepted))
+
+
+def expected_from_rates(rates: Sequence[float], budget: int) -> float:
+    """Tokens a row emits with the first ``budget`` drafts, the i-th accepted with ``rates[i]`` after the
+    ones before."""
+    prob, total = 1.0, 1.0
+    for rate in rates[:budget]:
+        prob *= rate
+        total += prob
+    return total
 
 
 def expected_tokens(rate: float, budget: int) -> float:
@@ -85,6 +120,8 @@ class AutoDraftLength:
         self.costs = StepCosts(prior_ms_by_tokens)
         self.overall = Acceptance(GLOBAL_DECAY)
         self.rows: dict[Hashable, Acceptance] = {}
+        self.calibration = Calibration()
+        self.confident = False  # the proposer states confidences: draft k, then trim
         self.propose_seconds = 0.0  # decayed mean time of a proposer call that drafted
         self.random = random.Random(seed)
         self.chosen: Counter[int] = Counter()  # budgets chosen, for the metrics
@@ -95,30 +132,58 @@ class AutoDraftLength:
         return prior if mine is None else mine.rate(prior, PRIOR_STEPS)
 
     def plan(self, rows: list, batch_size: int, floor_width: int) -> list[int]:
-        widths = range(min(floor_width, self.k + 1), self.k + 2)
-        if self.random.random() < self.explore:
-            width = self.random.choice(widths)
-        else:
-            rates = [self.rate(row) for row in rows]
-            width = max(widths, key=lambda w: self._throughput(rates, batch_size, w))
-        self.chosen[width - 1] += len(rows)
         self._forget_finished(rows)
+        if self.confident:
+            return [self.k] * len(rows)  # ``trim`` chooses, once the drafts and their confidences are known
+        rates = [self.rate(row) for row in rows]
+        width = self._choose(floor_width, self.k + 1,
+                             lambda w: self._throughput(rates, batch_size, w, self.propose_seconds))
+        self.chosen[width - 1] += len(rows)
         return [width - 1] * len(rows)
 
-    def _throughput(self, rates: list[float], batch_size: int, width: int) -> float:
-        seconds = self.costs.seconds(batch_size, width) + (self.propose_seconds if width > 1 else 0.0)
+    def trim(self, rows: list, drafts: list, batch_size: int, floor_width: int) -> list[int]:
+        """How many of each row's draft tokens to verify (drafts with confidences only; others kept)."""
+        lengths = [len(d.token_ids) for d in drafts]
+        if not any(d.confidence is not None for d in drafts):
+            return lengths
+        self.confident = True
+        rates = [self._confidence_rates(row, d.confidence) if d.confidence is not None else self.rate(row)
+                 for row, d in zip(rows, drafts)]
+        width = self._choose(min(floor_width, max(lengths) + 1), max(lengths) + 1,
+                             lambda w: self._throughput(rates, batch_size, w, 0.0))
+        self.chosen[width - 1] += len(rows)
+        return [min(n, width - 1) for n in lengths]
+
+    def _confidence_rates(self, row, confidence) -> list[float]:
+        """Each token's calibrated chance, scaled by how this row's drafts fare against all rows'."""
+        overall = self.overall.rate()
+        factor = self.rate(row) / overall if overall > 0 else 1.0
+        return [min(1.0, self.calibration.rate(c) * factor) for c in confidence]
+
+    def _choose(self, low: int, high: int, throughput) -> int:
+        """The width of most expected tokens per second; with probability ``explore`` a neighbour of it."""
+        best = max(range(low, high + 1), key=throughput)
+        if self.random.random() < self.explore:
+            return min(high, max(low, best + self.random.choice((-1, 1))))
+        return best
+
+    def _throughput(self, rates: list, batch_size: int, width: int, propose_seconds: float) -> float:
+        seconds = self.costs.seconds(batch_size, width) + (propose_seconds if width > 1 else 0.0)
         # rows of other strategies emit one token at least; counted alike at every width
-        tokens = sum(expected_tokens(a, width - 1) for a in rates) + (batch_size - len(rates))
+        tokens = sum(expected_tokens(a, width - 1) if isinstance(a, float) else expected_from_rates(a, width - 1)
+                     for a in rates) + (batch_size - len(rates))
         return tokens / seconds
 
-    def observe(self, rows: list, drafted: list[int], accepted: list[int], batch_size: int, width: int,
+    def observe(self, rows: list, drafts: list, accepted: list[int], batch_size: int, width: int,
                 target_seconds: float, propose_seconds: float) -> None:
         self.costs.observe(batch_size, width, target_seconds)
-        if any(drafted):
+        if any(d.token_ids for d in drafts):
             self.propose_seconds = 0.8 * self.propose_seconds + 0.2 * propose_seconds
-        for row, d, a in zip(rows, drafted, accepted):
-            self.rows.setdefault(row.request.request_id, Acceptance(ROW_DECAY)).add(d, a)
-            self.overall.add(d, a)
+        for row, draft, a in zip(rows, drafts, accepted):
+            self.rows.setdefault(row.request.request_id, Acceptance(ROW_DECAY)).add(len(draft.token_ids), a)
+            self.overall.add(len(draft.token_ids), a)
+            if draft.confidence is not None:
+                self.calibration.observe(draft.confidence, a)
 
     def _forget_finished(self, live: list) -> None:
         if len(self.rows) > 4 * max(len(live), 16):

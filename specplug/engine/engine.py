@@ -190,7 +190,7 @@ class Engine:
     def _speculative_step(self, rows: list[Row]) -> list[StepOutput]:
         self._plan_budgets(rows)
         started = time.perf_counter()
-        drafts = self._propose(rows)
+        drafts = self._trim(rows, self._propose(rows))
         proposed = time.perf_counter()
         logits = self.runner.run([[row.token_ids[-1], *d.token_ids] for row, d in zip(rows, drafts)],
                                  [self.cache.lengths[row.slot] for row in rows])
@@ -228,11 +228,23 @@ class Engine:
                 drafts[i] = draft
         return drafts
 
+    def _trim(self, rows: list[Row], drafts: list[Draft]) -> list[Draft]:
+        """Let each policy-driven strategy cut its rows' drafts, now that they are known."""
+        groups = self._groups(rows)
+        fixed = [len(drafts[i].token_ids) for s, idx in groups.items() if s.policy is None for i in idx]
+        for strategy, idx in groups.items():
+            if strategy.policy is not None:
+                keep = strategy.policy.trim([rows[i] for i in idx], [drafts[i] for i in idx], len(rows),
+                                            1 + max(fixed, default=0))
+                for i, n in zip(idx, keep):
+                    drafts[i] = drafts[i].cut(n)
+        return drafts
+
     def _observe(self, rows: list[Row], drafts: list[Draft], outputs: list[StepOutput], width: int,
                  target_seconds: float, propose_seconds: float) -> None:
         for strategy, idx in self._groups(rows).items():
             if strategy.policy is not None:
-                strategy.policy.observe([rows[i] for i in idx], [len(drafts[i].token_ids) for i in idx],
+                strategy.policy.observe([rows[i] for i in idx], [drafts[i] for i in idx],
                                         [outputs[i].num_accepted for i in idx], len(rows), width,
                                         target_seconds, propose_seconds)
 

@@ -19,9 +19,13 @@ class DraftPolicy(Protocol):
         """Draft budgets (0..k) for ``rows`` of this strategy; ``floor_width`` is the verify width the
         other rows of the batch already need (1 when none)."""
 
-    def observe(self, rows: list, drafted: list[int], accepted: list[int], batch_size: int, width: int,
+    def trim(self, rows: list, drafts: list, batch_size: int, floor_width: int) -> list[int]:
+        """How many tokens of each row's draft to verify, now that the drafts are known."""
+
+    def observe(self, rows: list, drafts: list, accepted: list[int], batch_size: int, width: int,
                 target_seconds: float, propose_seconds: float) -> None:
-        """One verify step: per row drafted/accepted counts, and what the step cost."""
+        """One verify step: per row the draft verified and how many of it were accepted, and what the
+        step cost."""
 
 
 @dataclass(eq=False)

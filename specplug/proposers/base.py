@@ -44,6 +44,9 @@ def check_drafts(proposer: Proposer, requests: Sequence[DraftRequest], drafts: S
         if draft.probs is not None and tuple(draft.probs.shape) != (n, vocab):
             raise SpecplugError(f"proposer '{name}' returned draft probs of shape {tuple(draft.probs.shape)}; "
                                 f"expected ({n}, {vocab})")
+        if draft.confidence is not None and (len(draft.confidence) != n
+                                             or not all(0.0 <= c <= 1.0 for c in draft.confidence)):
+            raise SpecplugError(f"proposer '{name}' returned a draft confidence that is not {n} numbers in [0, 1]")
 
 
 def next_draft_length(current: int, k: int, drafted: int, accepted: int) -> int:

@@ -10,8 +10,11 @@ from specplug.options import NoOptions
 from specplug.proposers.base import Proposer
 
 
+NAME = "none"  # plain decoding: the baseline every speed-up is measured against (``LLM.plain``)
+
+
 class NoProposer(Proposer):
-    name = "none"
+    name = NAME
 
     def propose(self, requests: Sequence[DraftRequest]) -> list[Draft]:
         return [Draft([]) for _ in requests]
@@ -23,4 +26,4 @@ def make_none(context: ProposerContext, options: NoOptions) -> NoProposer:
 
 @hookimpl
 def register_proposers(register):
-    register.proposer("none", make_none, options=NoOptions)
+    register.proposer(NAME, make_none, options=NoOptions)

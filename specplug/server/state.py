@@ -11,11 +11,9 @@ import logging
 import threading
 
 from specplug.config import Config, load_config, with_overrides
-from specplug.engine.auto import AutoDraftLength
 from specplug.engine.strategy import Strategy
 from specplug.errors import ConfigError, SpecplugError
 from specplug.llm import LLM
-from specplug.models.costs import cost_by_width
 from specplug.server.metrics import Metrics
 from specplug.server.worker import EngineWorker
 
@@ -32,7 +30,6 @@ class Server:
         serve = config.serve
         self.llm = LLM(config, max_batch_size=serve.max_batch_size,
                        max_speculative_tokens=serve.max_num_speculative_tokens)
-        self.prior_ms: dict[int, float] | None = None  # auto's forward-cost prior, measured once when needed
         self.metrics = Metrics()
         self.config = config
         self.strategies = self._build(config)
@@ -66,31 +63,20 @@ class Server:
         serve, engine = config.serve, self.llm.engine
         table = {}
         for name, entry in serve.strategies.items():
-            table[name] = Strategy(name, self._proposer(name, entry), entry.num_speculative_tokens, entry.adaptive_k)
+            table[name] = self._strategy(name, entry, entry.adaptive_k, serve.auto_explore)
             engine.check_strategy(table[name])
         if serve.auto_strategy is not None:
-            base = serve.strategies[serve.auto_strategy]
-            policy = AutoDraftLength(base.num_speculative_tokens, self._prior(), serve.auto_explore)
-            table["auto"] = Strategy("auto", self._proposer("auto", base), base.num_speculative_tokens, policy=policy)
+            table["auto"] = self._strategy("auto", serve.strategies[serve.auto_strategy], "auto", serve.auto_explore)
         return table
 
-    def _proposer(self, name: str, entry):
+    def _strategy(self, name: str, entry, adaptive_k: bool | str, explore: float) -> Strategy:
         try:
-            return self.llm.make_proposer(entry.proposer, entry.num_speculative_tokens)
+            return self.llm.make_strategy(name, entry.proposer, entry.num_speculative_tokens, adaptive_k, explore)
         except SpecplugError:
             raise
         except Exception as exc:  # a third-party factory may raise anything: refuse the config, keep serving
             raise ConfigError(f"strategy '{name}': proposer '{entry.proposer.name}' failed to start "
                               f"({type(exc).__name__}: {exc})") from None
-
-    def _prior(self) -> dict[int, float]:
-        """Forward cost by token count at batch 1, from 1 to a full batch of the widest verify."""
-        if self.prior_ms is None:
-            engine = self.llm.engine
-            most = engine.max_batch_size * (engine.max_k + 1)
-            counts = sorted({1, 2, 3, 4, *(2**i for i in range(3, most.bit_length() + 1)), most})
-            self.prior_ms = cost_by_width(self.llm.model, [c for c in counts if c <= max(most, 4)], repeats=2)
-        return self.prior_ms
 
     def swap(self, config: Config) -> None:
         """Make ``config`` live, or raise ConfigError and keep the current one."""

@@ -1,0 +1,90 @@
+"""``adaptive_k: auto``: the calibration of stated draft confidences, the cost-aware cut of drafts, the
+config value, and (on the real model) exact greedy output with drafts cut step by step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from specplug.config import load_config
+from specplug.engine.auto import AutoDraftLength, Calibration
+from specplug.errors import ConfigError, SpecplugError
+from specplug.metadata import Draft, DraftRequest
+from specplug.proposers.base import check_drafts
+
+
+class Row:  # what the policy reads of an engine row
+    def __init__(self, request_id):
+        self.request = type("Request", (), {"request_id": request_id})()
+
+
+def policy(costs_ms: dict[int, float], k: int = 8) -> AutoDraftLength:
+    return AutoDraftLength(k, costs_ms, explore=0.0)
+
+
+FLAT = {w: 10.0 for w in range(1, 10)}  # a GPU-like machine: verifying 9 tokens costs what 1 does
+STEEP = {w: 10.0 * w for w in range(1, 10)}  # every verified position costs a full step
+
+
+def test_calibration_learns_what_a_confidence_is_worth():
+    calibration = Calibration()
+    assert calibration.rate(0.95) == pytest.approx(0.95)  # nothing seen: the stated value
+    for _ in range(200):
+        calibration.observe([0.95, 0.95, 0.95], accepted=0)  # first token rejected, the rest never tried
+    assert calibration.rate(0.95) < 0.05
+    assert calibration.rate(0.35) == pytest.approx(0.35)  # other bins untouched
+    for _ in range(200):
+        calibration.observe([0.35, 0.35], accepted=2)
+    assert calibration.rate(0.35) > 0.95
+
+
+def test_confident_drafts_are_kept_where_verify_width_is_cheap_and_cut_where_it_is_not():
+    drafts = [Draft([1, 2, 3, 4], confidence=[0.95] * 4), Draft([5, 6], confidence=[0.95] * 2)]
+    rows = [Row("a"), Row("b")]
+    assert policy(FLAT).trim(rows, drafts, 2, 1) == [4, 2]
+    steep = policy(STEEP)
+    assert steep.trim(rows, drafts, 2, 1) == [0, 0]  # 0.95 per token never pays a full step per token
+    assert steep.confident and steep.plan(rows, 2, 1) == [8, 8]  # from now on: draft k, then cut
+
+
+def test_what_was_accepted_decides_not_what_was_stated():
+    cheap_second = {1: 10.0, 2: 12.0, 3: 30.0, 4: 40.0, 5: 50.0}
+    auto = policy(cheap_second, k=4)
+    rows, draft = [Row("a")], Draft([7, 8, 9, 10], confidence=[0.9] * 4)
+    assert auto.trim(rows, [draft], 1, 1) == [1]  # one token for 20% more time: worth it at 0.9
+    for _ in range(100):
+        auto.observe(rows, [draft.cut(1)], [0], 1, 2, 0.012, 0.0)  # never accepted
+    assert auto.trim(rows, [draft], 1, 1) == [0]
+
+
+def test_drafts_without_confidence_are_left_to_plan_and_other_rows_set_the_floor():
+    auto = policy(STEEP)
+    plain = [Draft([1, 2, 3])]
+    assert auto.trim([Row("a")], plain, 1, 1) == [3] and not auto.confident
+    # another strategy's row already needs width 4: up to 3 tokens ride along for free
+    assert auto.trim([Row("a")], [Draft([1, 2, 3, 4, 5], confidence=[0.9] * 5)], 2, 4) == [3]
+
+
+def test_a_cut_draft_keeps_its_probabilities_and_confidences_in_step():
+    probs = torch.full((3, 5), 0.2)
+    draft = Draft([1, 2, 3], probs, [0.9, 0.8, 0.7]).cut(2)
+    assert draft.token_ids == [1, 2] and draft.probs.shape == (2, 5) and list(draft.confidence) == [0.9, 0.8]
+    assert Draft([1]).cut(3).token_ids == [1]
+
+
+def test_a_confidence_out_of_range_names_the_proposer():
+    proposer = type("Bad", (), {"name": "bad"})()
+    with pytest.raises(SpecplugError, match="proposer 'bad' returned a draft confidence that is not 2 numbers"):
+        check_drafts(proposer, [DraftRequest(0, [1], 1, 2)], [Draft([1, 2], confidence=[0.5, 1.5])], 10)
+
+
+def test_config_takes_auto_and_refuses_other_words(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("adaptive_k: auto\n")
+    assert load_config(str(path)).adaptive_k == "auto"
+    path.write_text("adaptive_k: sometimes\n")
+    with pytest.raises(ConfigError, match="adaptive_k must be true, false or auto \\(got 'sometimes'\\)"):
+        load_config(str(path))
+    path.write_text("serve: {strategies: {fast: {proposer: ngram, adaptive_k: 3}}}\n")
+    with pytest.raises(ConfigError, match="serve.strategies.fast.adaptive_k must be true, false or auto"):
+        load_config(str(path))
