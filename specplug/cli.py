@@ -1,4 +1,5 @@
-"""The ``specplug`` command: generate, serve, plugins, bench, make-draft, tune."""
+"""The ``specplug`` command: generate, serve, plugins, bench, and the commands plugins add
+(``make-draft`` from draft_model, ``tune layerskip`` from layerskip)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from specplug.arguments import add_config_args, check_sizes
 from specplug.errors import SpecplugError
 
 
@@ -19,15 +21,10 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"specplug: warning: {message}\n"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(registry=None) -> argparse.ArgumentParser:
+    """The command line; ``registry`` (default: every installed plugin's) supplies the plugins' commands."""
     parser = argparse.ArgumentParser(prog="specplug", description="Speculative decoding with pluggable proposers.")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    def add_config_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", help="YAML/JSON config file (default: $SPECPLUG_CONFIG, else built-in defaults)")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key (dotted, e.g. proposer.name=none); repeatable")
-        p.add_argument("--max-new-tokens", type=int, help="tokens to generate per prompt (default: config)")
 
     gen = sub.add_parser("generate", help="generate text with the configured proposer")
     add_config_args(gen)
@@ -62,36 +59,34 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--prompts-file", required=True)
     bench.add_argument("--json", action="store_true")
 
-    draft = sub.add_parser("make-draft", help="build a draft model from a subset of the target's layers, "
-                                              "distilled on text the target generates")
-    draft.add_argument("--config", help="YAML/JSON config file; its `model` is the target")
-    draft.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key (dotted); repeatable")
-    draft.add_argument("--num-layers", type=int, help="target layers to keep, spread evenly (default 6)")
-    draft.add_argument("--layers", help="exact target layers to keep, e.g. 0,4,8 (instead of --num-layers)")
-    draft.add_argument("--distill-steps", type=int, help="distillation steps of 4 sequences (default 120; "
-                                                         "0: the layer subset only)")
-    draft.add_argument("--gen-tokens", type=int, help="tokens the target generates per prompt (default 128)")
-    draft.add_argument("--prompts-file", help="JSONL prompts to generate the training text from "
-                                              "(default: a built-in set of 24)")
-    draft.add_argument("--out", help="output HF directory (default: proposer.model of a draft_model config)")
-
-    tune = sub.add_parser("tune", help="choose a proposer's settings by Bayesian optimisation on measured tok/s")
-    tune.add_argument("proposer", choices=["layerskip"], help="what to tune (the layerskip skip set)")
-    add_config_args(tune)
-    tune.add_argument("--prompts-file", required=True, help="calibration prompts (JSONL)")
-    tune.add_argument("--trials", type=int, default=40, help="Optuna trials, resumed ones included (default 40)")
-    tune.add_argument("--out", required=True, help="the tuned config file to write")
-    tune.add_argument("--max-skip-ratio", type=float, default=1.0,
-                      help="largest share of sub-layers a skip set may skip (default 1: no limit)")
-    tune.add_argument("--study", help="Optuna study database (default: under ~/.cache/specplug/studies, keyed by OUT); "
-                                      "resumes")
+    add_plugin_commands(sub, registry)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    warnings.formatwarning = _one_line_warning
+def add_plugin_commands(sub, registry=None) -> None:
+    """The commands plugins add (``register.command``, ``register.tuner``): ``specplug NAME`` and
+    ``specplug tune NAME``."""
+    from specplug.plugins import load_registry
+
+    commands = sorted((registry or load_registry()).commands.values(), key=lambda c: (c.group or "", c.name))
+    tuners = [c for c in commands if c.group == "tune"]
+    for command in (c for c in commands if c.group is None):
+        parser = sub.add_parser(command.name, help=command.help)
+        command.configure(parser)
+        parser.set_defaults(command_entry=command)
+    if tuners:
+        tune = sub.add_parser("tune", help="choose a proposer's settings by measurement: "
+                                           + ", ".join(c.name for c in tuners))
+        by_name = tune.add_subparsers(dest="tuner", required=True, metavar="PROPOSER")
+        for command in tuners:
+            parser = by_name.add_parser(command.name, help=command.help)
+            command.configure(parser)
+            parser.set_defaults(command_entry=command)
+
+
+def main(argv: Sequence[str] | None = None, registry=None) -> int:
+    warnings.formatwarning = _one_line_warning  # before the plugins load: their warnings are one line too
+    args = build_parser(registry).parse_args(argv)
     try:
         if args.command == "plugins":
             return cmd_plugins(args)
@@ -99,11 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_generate(args)
         if args.command == "serve":
             return cmd_serve(args)
-        if args.command == "make-draft":
-            return cmd_make_draft(args)
-        if args.command == "tune":
-            return cmd_tune(args)
-        return cmd_bench(args)
+        if args.command == "bench":
+            return cmd_bench(args)
+        return args.command_entry.runner()(args)
     except SpecplugError as exc:
         print(f"specplug: error: {exc}", file=sys.stderr)
         return 2
@@ -137,7 +130,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _describe_plugin(row: dict) -> str:
-    capabilities = ", ".join(k for k, v in row["capabilities"].items() if v) or "none"
+    capabilities = ", ".join(k for k, v in row["capabilities"].items() if v) or "-"
     lines = [f"{row['kind']} '{row['name']}' (plugin {row['plugin']})", f"  capabilities: {capabilities}",
              "  options:" if row["options"] else "  options: none"]
     for o in row["options"]:
@@ -155,19 +148,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_sizes(args: argparse.Namespace) -> None:
-    if args.max_new_tokens is not None and args.max_new_tokens < 1:
-        raise SpecplugError(f"--max-new-tokens must be >= 1 (got {args.max_new_tokens})")
-    if getattr(args, "batch_size", 1) < 1:
-        raise SpecplugError(f"--batch-size must be >= 1 (got {args.batch_size})")
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
     from specplug.config import load_config
     from specplug.llm import LLM
     from specplug.prompts import read_prompts_file
 
-    _check_sizes(args)
+    check_sizes(args)
     config = load_config(args.config, args.overrides)
     prompts = [args.prompt] if args.prompt is not None else read_prompts_file(args.prompts_file)
     output = Path(args.output) if args.output else None
@@ -222,7 +208,7 @@ def _results(args: argparse.Namespace, llm, output: Path | None, todo: list[int]
 
 def compare_with_plain(llm, prompts, completions, seconds: float, max_new_tokens: int | None) -> str:
     """One line: this run's tok/s against plain decoding of the same prompts on the same engine."""
-    plain_llm = llm.variant(proposer="none")
+    plain_llm = llm.plain()
     started = time.perf_counter()
     plain = plain_llm.generate(prompts, max_new_tokens)
     plain_seconds = time.perf_counter() - started
@@ -242,55 +228,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from specplug.config import load_config
     from specplug.prompts import read_prompts_file
 
-    _check_sizes(args)
+    check_sizes(args)
     config = load_config(args.config, args.overrides)
     result = run_bench(config, read_prompts_file(args.prompts_file), args.max_new_tokens,
                        progress=None if args.json else sys.stderr)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0 if result["identical"] or not result["greedy"] else 1
-
-
-def cmd_make_draft(args: argparse.Namespace) -> int:
-    from specplug import distill
-    from specplug.config import load_config
-    from specplug.prompts import read_prompts_file
-
-    config = load_config(args.config, args.overrides)
-    out = args.out
-    if out is None:
-        if config.proposer.name != "draft_model" or not config.proposer.options.get("model"):
-            raise SpecplugError(f"--out is needed: the config's proposer is '{config.proposer.name}', not "
-                                "draft_model with a proposer.model path to write to")
-        out = config.proposer.options["model"]
-    info = distill.make_draft(
-        config, out, layers=None if args.layers is None else distill.parse_layers(args.layers),
-        num_layers=args.num_layers,
-        steps=distill.DEFAULT_DISTILL_STEPS if args.distill_steps is None else args.distill_steps,
-        gen_tokens=distill.DEFAULT_GEN_TOKENS if args.gen_tokens is None else args.gen_tokens,
-        prompts=read_prompts_file(args.prompts_file) if args.prompts_file else None)
-    loss = ("" if info["final_loss"] is None
-            else f", training KL {info['initial_loss']:.3f} -> {info['final_loss']:.3f}")
-    print(f"draft with target layers {info['layers']} written to {out} "
-          f"({info['distill_steps']} distillation steps{loss})")
-    return 0
-
-
-def cmd_tune(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from specplug.config import load_config
-    from specplug.prompts import read_prompts_file
-    from specplug.tune import tune_layerskip
-
-    _check_sizes(args)
-    result = tune_layerskip(load_config(args.config, args.overrides), read_prompts_file(args.prompts_file),
-                            args.trials, Path(args.out), max_skip_ratio=args.max_skip_ratio,
-                            max_new_tokens=args.max_new_tokens or 48,
-                            study_path=Path(args.study) if args.study else None)
-    print(f"tuned layerskip: skip attention {result['skip_attention']}, skip MLP {result['skip_mlp']} "
-          f"({result['skipped_fraction']:.0%} of sub-layers): {result['tokens_per_second']} tok/s vs plain "
-          f"{result['plain_tokens_per_second']} tok/s, acceptance {result['acceptance_rate']}; wrote {result['out']}")
-    return 0
 
 
 if __name__ == "__main__":

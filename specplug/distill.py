@@ -288,3 +288,26 @@ def make_draft(config: Config, out: str | Path, layers: list[int] | None = None,
     if steps > 0 and not keep_checkpoint:
         checkpoint.unlink(missing_ok=True)
     return info
+
+
+def run_command(args) -> int:
+    """``specplug make-draft`` (registered by the draft_model plugin)."""
+    from specplug.config import load_config
+    from specplug.prompts import read_prompts_file
+
+    config = load_config(args.config, args.overrides)
+    out = args.out
+    if out is None:
+        if config.proposer.name != "draft_model" or not config.proposer.options.get("model"):
+            raise SpecplugError(f"--out is needed: the config's proposer is '{config.proposer.name}', not "
+                                "draft_model with a proposer.model path to write to")
+        out = config.proposer.options["model"]
+    info = make_draft(config, out, layers=None if args.layers is None else parse_layers(args.layers),
+                      num_layers=args.num_layers,
+                      steps=DEFAULT_DISTILL_STEPS if args.distill_steps is None else args.distill_steps,
+                      gen_tokens=DEFAULT_GEN_TOKENS if args.gen_tokens is None else args.gen_tokens,
+                      prompts=read_prompts_file(args.prompts_file) if args.prompts_file else None)
+    loss = "" if info["final_loss"] is None else f", training KL {info['initial_loss']:.3f} -> {info['final_loss']:.3f}"
+    print(f"draft with target layers {info['layers']} written to {out} "
+          f"({info['distill_steps']} distillation steps{loss})")
+    return 0

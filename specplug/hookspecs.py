@@ -22,11 +22,12 @@ hookimpl = pluggy.HookimplMarker("specplug")
 def register_proposers(register: "Registrar") -> None:
     """Register draft proposers.
 
-    Call ``register.proposer(name, factory)`` once per proposer. ``factory(context, **options)`` must
-    return an object implementing ``specplug.Proposer``; ``context`` is a ``ProposerContext`` and
-    ``options`` are the keys under ``proposer:`` in the config (other than ``name``). The factory's
-    keyword-only parameters (declared after ``*``) are the options it accepts: unknown keys are
-    rejected before it is called.
+    Call ``register.proposer(name, factory, options=Schema, capabilities=...)`` once per proposer.
+    ``factory(context, options)`` must return an object implementing ``specplug.Proposer``; ``context``
+    is a ``ProposerContext`` and ``options`` an instance of ``Schema`` (a dataclass of
+    ``specplug.options.option`` fields) built from the keys under ``proposer:`` in the config, checked
+    and coerced before the factory is called. Without a schema, ``factory(context, **options)`` and its
+    keyword-only parameters are the options.
 
     Returns nothing; the registrar records what was registered and which plugin registered it.
     """
@@ -40,4 +41,16 @@ def register_verifiers(register: "Registrar") -> None:
     implementing ``specplug.Verifier``.
 
     Returns nothing; the registrar records what was registered and which plugin registered it.
+    """
+
+
+@hookspec
+def register_commands(register: "Registrar") -> None:
+    """Add commands to the ``specplug`` command line.
+
+    Call ``register.command(name, help, configure, run)`` for ``specplug NAME`` and
+    ``register.tuner(name, help, configure, run)`` for ``specplug tune NAME``: ``configure(parser)``
+    adds the command's arguments to its argparse parser, ``run(args)`` does the work and returns the
+    exit status. The functions are looked up when the command line is built; keep imports of heavy
+    modules inside ``run``.
     """

@@ -159,13 +159,13 @@ def load_registry(pm: PluginManager | None = None) -> Registry:
     named = [(name, plugin) for name, plugin in pm.list_name_plugin() if _compatible(name, plugin)]
     for name, plugin in named:  # registration order: built-ins first
         others = [p for _, p in pm.list_name_plugin() if p is not plugin]
-        before = dict(registry.entries)
+        before = dict(registry.entries), dict(registry.commands)
         try:
-            for hook_name in ("register_proposers", "register_verifiers"):
+            for hook_name in ("register_proposers", "register_verifiers", "register_commands"):
                 call = pm.subset_hook_caller(hook_name, remove_plugins=others)
                 call(register=Registrar(registry, name, pm.distributions.get(name)))
         except Exception as exc:  # a third-party plugin's bug must not take the others down
-            registry.entries = before
+            registry.entries, registry.commands = before
             warnings.warn(f"plugin '{name}' failed while registering ({type(exc).__name__}: {exc}); what it "
                           "provides is skipped", stacklevel=2)
     return registry

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import warnings
 from collections.abc import Callable
@@ -48,11 +49,35 @@ class Entry:
                 for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
 
 
+@dataclass(frozen=True)
+class Command:
+    """A command a plugin adds to the ``specplug`` command line."""
+
+    name: str
+    help: str
+    configure: Callable[[Any], None]  # configure(parser): adds the command's arguments (an argparse parser)
+    run: Callable[[Any], int] | str  # run(args) -> exit status, or "module:function", imported when it runs
+    plugin: str
+    group: str | None = None  # None: ``specplug NAME``; "tune": ``specplug tune NAME``
+
+    @property
+    def full_name(self) -> str:
+        return " ".join(filter(None, (self.group, self.name)))
+
+    def runner(self) -> Callable[[Any], int]:
+        if callable(self.run):
+            return self.run
+        module, _, function = self.run.partition(":")
+        return getattr(importlib.import_module(module), function)
+
+
+
 @dataclass
 class Registry:
     """Everything the plugins registered. Built by ``specplug.plugins.load_registry``."""
 
     entries: dict[tuple[Kind, str], Entry] = field(default_factory=dict)
+    commands: dict[tuple[str | None, str], Command] = field(default_factory=dict)  # by (group, name)
     # which plugin, blocked by SPECPLUG_BLOCK_PLUGINS, would have registered (kind, name); None if none
     blocked_provider: Callable[[Kind, str], str | None] | None = None
 
@@ -122,7 +147,8 @@ def check_options(what: str, factory: Callable[..., Any], options: dict[str, Any
 
 
 class Registrar:
-    """The object hooks receive as ``register``: ``register.proposer(name, factory)``."""
+    """The object hooks receive as ``register``: ``register.proposer(name, factory)``,
+    ``register.verifier(...)``, ``register.command(...)``, ``register.tuner(...)``."""
 
     def __init__(self, registry: Registry, plugin: str, distribution: tuple[str, str] | None):
         self._registry = registry
@@ -143,6 +169,28 @@ class Registrar:
                  capabilities: VerifierCapabilities | None = None) -> None:
         """Register a verifier factory: ``factory(options)`` with a schema, else ``factory(**options)``."""
         self._add("verifier", name, factory, options, capabilities or VerifierCapabilities())
+
+    def command(self, name: str, help: str, configure: Callable[[Any], None],
+                run: Callable[[Any], int] | str) -> None:
+        """Add ``specplug NAME``: ``configure(parser)`` adds its arguments to an argparse parser,
+        ``run(args)`` does the work and returns the exit status (a ``SpecplugError`` it raises is printed
+        as one line). ``run`` may be "module:function", imported only when the command runs (as an entry
+        point is), so that registering costs no import."""
+        self._add_command(Command(name, help, configure, run, self._plugin))
+
+    def tuner(self, name: str, help: str, configure: Callable[[Any], None],
+              run: Callable[[Any], int] | str) -> None:
+        """Add ``specplug tune NAME`` (the same contract as ``command``)."""
+        self._add_command(Command(name, help, configure, run, self._plugin, group="tune"))
+
+    def _add_command(self, command: Command) -> None:
+        key = (command.group, command.name)
+        first = self._registry.commands.get(key)
+        if first is not None:
+            warnings.warn(f"command '{command.full_name}' from plugin '{self._plugin}' ignored: plugin '{first.plugin}' added "
+                          f"it first (block one with SPECPLUG_BLOCK_PLUGINS={self._plugin})", stacklevel=3)
+            return
+        self._registry.commands[key] = command
 
     def _add(self, kind: Kind, name: str, factory: Callable[..., Any], options: type | None,
              capabilities: ProposerCapabilities | VerifierCapabilities) -> None:

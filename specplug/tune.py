@@ -4,7 +4,8 @@ Search space as in Draft & Verify: for every layer but the first and the last, w
 and whether its MLP is skipped. Objective: measured tokens/s of greedy layerskip decoding on the
 calibration prompts (acceptance recorded beside it). The first trials are sparse random masks (each
 sub-layer skipped with probability SPARSE_SKIP): uniform random masks skip half the model, where
-acceptance is near zero and TPE learns nothing. The study is stored (SQLite) so a run can resume.
+acceptance is near zero and TPE learns nothing. A layerskip config given to the tuner is its first
+trial. The study is stored (SQLite) so a run can resume.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from specplug.errors import SpecplugError
 from specplug.llm import LLM
 from specplug.models.loader import cache_dir
 from specplug.prompts import Prompt
+from specplug.proposers import none
 
 SPARSE_SKIP = 0.08
 
@@ -45,6 +47,19 @@ def sparse_masks(count: int, num_layers: int, seed: int) -> list[dict[str, bool]
     return masks
 
 
+def starting_mask(config: Config, num_layers: int) -> dict[str, bool] | None:
+    """The skip set of the config the tuner is given (when it is a layerskip config) as trial parameters:
+    it runs first, so the config written is never one measured slower than the one given."""
+    if config.proposer.name != "layerskip":
+        return None
+    options = config.proposer.options
+    both = set(options.get("skip_layers") or [])
+    attention, mlp = both | set(options.get("skip_attention") or []), both | set(options.get("skip_mlp") or [])
+    mask = {f"{part}_{i}": i in chosen for i in range(1, num_layers - 1)
+            for part, chosen in (("attn", attention), ("mlp", mlp))}
+    return mask if any(mask.values()) else None
+
+
 def tune_layerskip(config: Config, prompts: list[Prompt], trials: int, out: Path, *,
                    max_skip_ratio: float = 1.0, max_new_tokens: int = 48, study_path: Path | None = None,
                    seed: int = 0, progress: bool = True) -> dict[str, Any]:
@@ -54,7 +69,7 @@ def tune_layerskip(config: Config, prompts: list[Prompt], trials: int, out: Path
         raise SpecplugError(f"--trials must be >= 1 (got {trials})")
     if not 0 < max_skip_ratio <= 1:
         raise SpecplugError(f"--max-skip-ratio must be in (0, 1] (got {max_skip_ratio})")
-    plain = LLM(dataclasses.replace(config, proposer=PluginChoice("none")))
+    plain = LLM(dataclasses.replace(config, proposer=PluginChoice(none.NAME)))
     layers = plain.model.shape.num_layers
     encoded = [plain.encode(p) for p in prompts]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -66,6 +81,9 @@ def tune_layerskip(config: Config, prompts: list[Prompt], trials: int, out: Path
                                 load_if_exists=True,
                                 sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup))
     if not study.trials:
+        start = starting_mask(config, layers)
+        for mask in [start] if start else []:
+            study.enqueue_trial(mask)
         for mask in sparse_masks(startup, layers, seed):
             study.enqueue_trial(mask)
 
@@ -126,3 +144,20 @@ def default_study_path(out: Path) -> Path:
     tuned YAML is what ships; the study only lets a run resume)."""
     key = hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:12]
     return cache_dir() / "studies" / f"{out.stem}-{key}.study.db"
+
+
+def run_command(args) -> int:
+    """``specplug tune layerskip`` (registered by the layerskip plugin)."""
+    from specplug.arguments import check_sizes
+    from specplug.config import load_config
+    from specplug.prompts import read_prompts_file
+
+    check_sizes(args)
+    result = tune_layerskip(load_config(args.config, args.overrides), read_prompts_file(args.prompts_file),
+                            args.trials, Path(args.out), max_skip_ratio=args.max_skip_ratio,
+                            max_new_tokens=args.max_new_tokens or 48,
+                            study_path=Path(args.study) if args.study else None)
+    print(f"tuned layerskip: skip attention {result['skip_attention']}, skip MLP {result['skip_mlp']} "
+          f"({result['skipped_fraction']:.0%} of sub-layers): {result['tokens_per_second']} tok/s vs plain "
+          f"{result['plain_tokens_per_second']} tok/s, acceptance {result['acceptance_rate']}; wrote {result['out']}")
+    return 0

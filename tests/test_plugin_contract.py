@@ -159,3 +159,64 @@ def test_plugins_command_shows_options_and_capabilities(capsys):
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert [o["name"] for o in rows["ngram"]["options"]] == ["min_n", "max_n"]
     assert rows["greedy"]["capabilities"] == {"sampling": False}
+
+
+class CommandPlugin:
+    """Adds ``specplug hello`` and ``specplug tune fixed``, as a third-party package would."""
+
+    ran: list = []
+
+    @hookimpl
+    def register_commands(self, register):
+        def configure(parser):
+            parser.add_argument("--name", required=True)
+
+        def run(args):
+            if args.name == "bad":
+                raise ConfigError("hello: --name bad is refused")
+            CommandPlugin.ran.append((args.command, getattr(args, "tuner", None), args.name))
+            return 3
+
+        register.command("hello", "greet", configure, run)
+        register.tuner("fixed", "tune the fixed proposer", configure, run)
+
+
+def test_a_plugin_contributes_commands_and_tuners(plugin_manager, capsys):
+    from specplug.cli import main
+
+    registry = registry_with(plugin_manager, CommandPlugin())
+    assert {c.full_name: c.plugin for c in registry.commands.values()} == {
+        "hello": registry.commands[(None, "hello")].plugin, "tune fixed": registry.commands[("tune", "fixed")].plugin,
+        "make-draft": "specplug.proposers.draft_model", "tune layerskip": "specplug.proposers.layerskip"}
+    assert main(["hello", "--name", "x"], registry) == 3
+    assert main(["tune", "fixed", "--name", "y"], registry) == 3
+    assert CommandPlugin.ran == [("hello", None, "x"), ("tune", "fixed", "y")]
+    assert main(["hello", "--name", "bad"], registry) == 2
+    assert capsys.readouterr().err.strip() == "specplug: error: hello: --name bad is refused"
+    with pytest.raises(SystemExit):
+        main(["tune", "nothing"], registry)
+    assert "invalid choice: 'nothing'" in capsys.readouterr().err
+
+
+def test_a_command_name_taken_twice_warns_and_the_first_stays(plugin_manager):
+    class Again:
+        @hookimpl
+        def register_commands(self, register):
+            register.command("make-draft", "mine", lambda parser: None, lambda args: 0)
+
+    with pytest.warns(UserWarning, match="command 'make-draft' from plugin '.*' ignored: plugin "
+                                         "'specplug.proposers.draft_model' added it first"):
+        registry = registry_with(plugin_manager, Again())
+    assert registry.commands[(None, "make-draft")].run == "specplug.distill:run_command"
+
+
+def test_the_cli_names_no_proposer():
+    from pathlib import Path
+
+    import specplug.cli
+    from specplug.plugins import load_registry, make_plugin_manager
+
+    source = Path(specplug.cli.__file__).read_text()
+    code = "\n".join(line.split("#")[0] for line in source.splitlines())
+    for name in load_registry(make_plugin_manager(load_entrypoints=False)).names("proposer"):
+        assert f'"{name}"' not in code and f"'{name}'" not in code, name

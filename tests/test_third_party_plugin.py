@@ -73,6 +73,21 @@ def test_installed_plugin_is_listed_with_its_distribution(phrases_site):
     assert {name for kind, name in rows if kind == "proposer"} == BUILTIN_PROPOSERS | {"phrases"}
 
 
+def test_installed_plugin_adds_its_own_command(phrases_site):
+    phrase = " Apache License, Version 2.0"
+    result = specplug("phrases-check", "--set", "proposer.name=phrases", "--set",
+                      "proposer.phrases=" + json.dumps([phrase]), path=[phrases_site])
+    assert result.returncode == 0, result.stderr
+    n = len(tokenizer().encode(phrase, add_special_tokens=False))
+    assert result.stdout.strip() == f"{phrase!r}: {n} tokens; drafts up to {n - 2} after 2 matched"
+    refused = specplug("phrases-check", "--set", "proposer.name=phrases", path=[phrases_site])
+    assert refused.returncode == 2
+    assert refused.stderr.strip().startswith("specplug: error: proposer 'phrases' needs option 'phrases'")
+    assert "phrases-check" in specplug("--help", path=[phrases_site]).stdout
+    absent = specplug("phrases-check", path=[])  # not installed: argparse names the known commands
+    assert absent.returncode == 2 and "invalid choice: 'phrases-check'" in absent.stderr
+
+
 def test_autoload_can_be_disabled(phrases_site):
     rows = plugin_rows(specplug("plugins", "--json", path=[phrases_site], SPECPLUG_DISABLE_PLUGIN_AUTOLOAD="1"))
     assert ("proposer", "phrases") not in rows

@@ -7,7 +7,7 @@ import pytest
 
 from specplug.config import load_config
 from specplug.errors import SpecplugError
-from specplug.tune import default_study_path, sparse_masks, tune_layerskip
+from specplug.tune import default_study_path, sparse_masks, starting_mask, tune_layerskip
 
 pytestmark = pytest.mark.slow
 PROMPTS = ["The three primary colours are", "def fibonacci(n):"]
@@ -19,6 +19,13 @@ def test_sparse_masks_skip_little_and_never_the_first_or_last_layer():
     assert {int(k.split("_")[1]) for m in masks for k in m} == set(range(1, 29))
     skipped = sum(sum(m.values()) for m in masks) / sum(len(m) for m in masks)
     assert skipped < 0.2
+
+
+def test_starting_mask_reads_the_given_layerskip_config():
+    config = load_config(None, ["proposer.name=layerskip", "proposer.skip_layers=[3]", "proposer.skip_mlp=[7]"])
+    mask = starting_mask(config, 30)
+    assert sorted(k for k, v in mask.items() if v) == ["attn_3", "mlp_3", "mlp_7"]
+    assert starting_mask(load_config(None, ["proposer.name=ngram"]), 30) is None
 
 
 def test_tune_writes_a_config_that_runs_and_resumes(tmp_path):
@@ -37,6 +44,19 @@ def test_tune_writes_a_config_that_runs_and_resumes(tmp_path):
     tune_layerskip(config, PROMPTS, 4, out, max_new_tokens=8, progress=False)
     assert len(optuna.load_study(study_name="layerskip", storage=f"sqlite:///{default_study_path(out)}")
                .trials) == 4  # resumed: one more trial, not four
+
+
+def test_the_given_skip_set_is_the_first_trial_so_the_result_is_never_slower(tmp_path):
+    out = tmp_path / "tuned.yaml"
+    given = load_config(None, ["proposer.name=layerskip", "proposer.skip_attention=[5,9]", "proposer.skip_mlp=[9]",
+                               "max_model_len=256"])
+    result = tune_layerskip(given, PROMPTS, 2, out, max_new_tokens=8, progress=False)
+    study = optuna.load_study(study_name="layerskip", storage=f"sqlite:///{default_study_path(out)}")
+    first = study.trials[0]
+    assert sorted(k for k, v in first.params.items() if v) == ["attn_5", "attn_9", "mlp_9"]
+    best = {k for k, v in study.best_trial.params.items() if v}  # the fastest measured, the given one included
+    written = {f"attn_{i}" for i in result["skip_attention"]} | {f"mlp_{i}" for i in result["skip_mlp"]}
+    assert written == best
 
 
 def test_every_set_pruned_is_a_clear_error(tmp_path):

@@ -7,6 +7,9 @@
 
 When the last tokens of a row (``min_match`` of them or more) equal a run of tokens inside a phrase,
 the tokens that follow that run in the phrase are the draft. The longest match wins.
+
+The package also adds a command, ``specplug phrases-check --config FILE``: how the configured
+phrases tokenize, and how much of each can ever be drafted.
 """
 
 from __future__ import annotations
@@ -15,8 +18,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from specplug import Draft, DraftRequest, Proposer, ProposerContext, hookimpl
+from specplug.arguments import add_config_args
+from specplug.config import load_config
 from specplug.errors import ConfigError
+from specplug.models.loader import load_tokenizer, resolve_model
 from specplug.options import option
+from specplug.plugins import load_registry
 
 specplug_api_version = 1  # the plugin interface this package is written for
 
@@ -75,3 +82,27 @@ def make_phrases(context: ProposerContext, options: PhrasesOptions) -> PhrasesPr
 @hookimpl
 def register_proposers(register):
     register.proposer("phrases", make_phrases, options=PhrasesOptions)
+
+
+def configure_check(parser) -> None:
+    add_config_args(parser, max_new_tokens=False)
+
+
+def run_check(args) -> int:
+    """Print each configured phrase's token count and the most it can draft at once."""
+    config = load_config(args.config, args.overrides)
+    if config.proposer.name != "phrases":
+        raise ConfigError(f"the config's proposer is '{config.proposer.name}': set proposer.name=phrases")
+    options = load_registry().check_choice("proposer", "phrases", config.proposer.options)
+    tokenizer = load_tokenizer(resolve_model(config.model))
+    for text in options.phrases:
+        n = len(tokenizer.encode(text, add_special_tokens=False))
+        print(f"{text!r}: {n} tokens; drafts up to {max(0, n - options.min_match)} "
+              f"after {options.min_match} matched")
+    return 0
+
+
+@hookimpl
+def register_commands(register):
+    register.command("phrases-check", "show how the configured phrases tokenize and what they can draft",
+                     configure_check, run_check)
