@@ -19,12 +19,12 @@ import numpy as np
 
 from specplug.config import ConfigWatcher
 from specplug.errors import SpecplugError
-from specplug.metadata import DraftRequest, VerifyOutcome
-from specplug.proposers.base import check_drafts, next_draft_length
+from specplug.metadata import DraftRequest
+from specplug.proposers.base import check_drafts
 from specplug_vllm.plugin import check_vllm_version, installed_vllm_version
 from specplug_vllm.rows import RowTracker, TrackedRow
 from specplug_vllm.stats import AdapterStats
-from specplug_vllm.strategy import EngineShape, Strategy, StrategyBuilder
+from specplug_vllm.strategy import EngineShape, Strategy, StrategyBuilder, refresh, verified
 
 logger = logging.getLogger("vllm.specplug")
 
@@ -84,31 +84,24 @@ class Proposer:
     def _report_verified(self, rows: dict[int, TrackedRow], sampled_token_ids: list[list[int]]) -> None:
         """Tell the proposer what vLLM kept of last step's drafts: row i sampled accepted drafts + 1."""
         outcomes = []
-        adaptive = self.strategy.config.adaptive_k
         for index, tracked in rows.items():
             if not tracked.num_draft:
                 continue
             emitted = tuple(sampled_token_ids[index])
             accepted = min(len(emitted) - 1, tracked.num_draft)
-            outcomes.append(VerifyOutcome(tracked.seq_id, tracked.num_draft, accepted, emitted))
             self.stats.current.record(tracked.num_draft, accepted)
-            if adaptive:
-                tracked.k = next_draft_length(tracked.k, self.strategy.k, tracked.num_draft, accepted)
-            tracked.num_draft = 0
+            outcomes.append(verified(tracked, tracked.seq_id, accepted, emitted, self.strategy))
         if outcomes:
             self.strategy.proposer.on_verified(outcomes)
 
     def _swap_if_changed(self) -> None:
         """Switch to the config file's new strategy; a config that fails to build leaves the old one running."""
-        if self.watcher is None or not self.watcher.changed():
-            return
-        try:
-            new = self.builder.build(self.config_path)
-        except Exception as error:  # noqa: BLE001 - any failure of a new config must keep the old one serving
-            message = f"{type(error).__name__}: {error}"
+        new, message = refresh(self.builder, self.config_path, self.watcher)
+        if message is not None:
             logger.error("specplug: rejected the new %s (%s); still running proposer '%s'",
                          self.config_path, message, self.strategy.name)
             self.stats.reject(self.config_path, message)
+        if new is None:
             return
         in_flight = self.rows.tracked()
         for tracked in in_flight:

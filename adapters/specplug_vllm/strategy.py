@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
-from specplug.config import Config, load_config
+from specplug.config import Config, ConfigWatcher, load_config
 from specplug.models.loader import load_compact_model, load_tokenizer, parse_dtype
 from specplug.models.llama import CompactLlama
 from specplug.errors import ConfigError
-from specplug.metadata import ProposerContext
-from specplug.proposers.base import Proposer as SpecplugProposer
+from specplug.metadata import ProposerContext, VerifyOutcome
+from specplug.proposers.base import Proposer as SpecplugProposer, next_draft_length
 from specplug_vllm.plugin import registry
 
 logger = logging.getLogger("vllm.specplug")
@@ -62,11 +62,35 @@ class EngineShape:
                    str(model.tokenizer), str(vllm_config.device_config.device))
 
 
+def refresh(builder: "StrategyBuilder", path: str | None, watcher: ConfigWatcher | None
+            ) -> tuple[Strategy | None, str | None]:
+    """The config file's new strategy when it changed: (strategy, None); (None, why) when the new file
+    fails to build (the caller keeps the old one running); (None, None) when nothing changed. Shared by
+    the engine adapters (vLLM, TensorRT-LLM), so a swap means the same in each."""
+    if watcher is None or not watcher.changed():
+        return None, None
+    try:
+        return builder.build(path), None
+    except Exception as error:  # noqa: BLE001 - any failure of a new config must keep the old one serving
+        return None, f"{type(error).__name__}: {error}"
+
+
+def verified(row, seq_id, accepted: int, emitted: tuple[int, ...], strategy: Strategy) -> VerifyOutcome:
+    """What the engine kept of ``row``'s last draft (``row`` has ``k`` and ``num_draft``), for the
+    proposer; the row's budget moves with adaptive_k and its draft count resets."""
+    outcome = VerifyOutcome(seq_id, row.num_draft, accepted, emitted)
+    if strategy.config.adaptive_k:
+        row.k = next_draft_length(row.k, strategy.k, row.num_draft, accepted)
+    row.num_draft = 0
+    return outcome
+
+
 class StrategyBuilder:
     """Builds proposers for one vLLM engine; the tokenizer and a target copy load once, when first needed."""
 
-    def __init__(self, shape: EngineShape):
+    def __init__(self, shape: EngineShape, keeps_draft_probs: bool = False):
         self.shape = shape
+        self.keeps_draft_probs = keeps_draft_probs  # the engine verifies with the drafts' probabilities
 
     def build(self, path: str | None) -> Strategy:
         config = load_config(path)
@@ -86,7 +110,7 @@ class StrategyBuilder:
                                   load_target=functools.partial(self.target, config.dtype))
         proposer = reg.create("proposer", config.proposer.name, context, options=config.proposer.options)
         capabilities = reg.get("proposer", config.proposer.name).capabilities
-        if getattr(capabilities, "draft_probs", False):
+        if getattr(capabilities, "draft_probs", False) and not self.keeps_draft_probs:
             warn_probs_dropped(config.proposer.name)
         return Strategy(str(path) if path else "defaults", config, proposer)
 

@@ -48,6 +48,12 @@ DEFAULTS: dict[str, Any] = {
     "enforce_eager": False,  # true: never capture CUDA graphs (as in vLLM); CPU steps are always eager
     "compile": "auto",  # torch.compile the decode/verify steps: auto (= off: see docs/benchmarks.md), on, off
     "serve": {},  # `specplug serve` only: see SERVE_DEFAULTS and docs/serving.md
+    "trtllm": {},  # the TensorRT-LLM adapter only: see TRTLLM_DEFAULTS and docs/tensorrt-llm.md
+}
+TRTLLM_DEFAULTS: dict[str, Any] = {
+    "max_concurrency": None,  # no drafting above this many requests (TensorRT-LLM's Drafter)
+    "draft_len_schedule": None,  # {batch size threshold: draft length}, TensorRT-LLM 1.2+
+    "cuda_graph_padding": False,  # pad drafts to the static length (with TensorRT-LLM's CUDA graphs)
 }
 
 
@@ -69,6 +75,7 @@ class Config:
     enforce_eager: bool = False
     compile: str = "auto"
     serve: ServeConfig = field(default_factory=ServeConfig)
+    trtllm: dict[str, Any] = field(default_factory=lambda: dict(TRTLLM_DEFAULTS))
     source: str = "defaults"  # where it came from, for messages
 
     @property
@@ -90,6 +97,7 @@ def config_to_dict(config: Config) -> dict[str, Any]:
         "stop": list(config.stop), "threads": config.threads, "linear_kernel": config.linear_kernel,
         "enforce_eager": config.enforce_eager, "compile": config.compile,
         "serve": serve_to_dict(config.serve, config.proposer, config.num_speculative_tokens, config.adaptive_k),
+        "trtllm": dict(config.trtllm),
     }
 
 
@@ -204,8 +212,26 @@ def validate(data: dict[str, Any], source: str = "defaults") -> Config:
         sampling=SamplingParams(float(temperature), sampling["top_k"], float(top_p), sampling["seed"]),
         max_model_len=data["max_model_len"], max_new_tokens=data["max_new_tokens"], stop=tuple(stop),
         threads=data["threads"], linear_kernel=data["linear_kernel"], enforce_eager=data["enforce_eager"],
-        compile=data["compile"], serve=parse_serve(data, k), source=source,
+        compile=data["compile"], serve=parse_serve(data, k), trtllm=parse_trtllm(data["trtllm"]), source=source,
     )
+
+
+def parse_trtllm(section: Any) -> dict[str, Any]:
+    require(isinstance(section, dict), "trtllm must be a mapping (max_concurrency, draft_len_schedule, "
+                                       "cuda_graph_padding)")
+    check_keys("trtllm", section, TRTLLM_DEFAULTS)
+    data = {**TRTLLM_DEFAULTS, **section}
+    limit = data["max_concurrency"]
+    require(limit is None or (integer(limit) and limit >= 1),
+            f"trtllm.max_concurrency must be an integer >= 1 or null (got {limit!r})")
+    schedule = data["draft_len_schedule"]
+    require(schedule is None or (isinstance(schedule, dict) and schedule and all(
+        integer(b) and b >= 1 and integer(n) and n >= 0 for b, n in schedule.items())),
+            f"trtllm.draft_len_schedule must map batch sizes (>= 1) to draft lengths (>= 0), e.g. "
+            f"{{1: 4, 8: 2, 32: 0}}; got {schedule!r}")
+    require(isinstance(data["cuda_graph_padding"], bool),
+            f"trtllm.cuda_graph_padding must be true or false (got {data['cuda_graph_padding']!r})")
+    return data
 
 
 def _finite(value: Any) -> bool:
