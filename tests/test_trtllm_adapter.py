@@ -313,6 +313,44 @@ def test_one_proposer_object_drafts_alike_in_every_engine(trt, tmp_path, monkeyp
     assert in_vllm[0] == [8, 9, 5]
 
 
+@pytest.mark.slow
+def test_draft_model_drafts_alike_and_hands_over_logits_when_sampling(trt, tmp_path, monkeypatch):
+    """A model proposer (draft_model, 2 of the target's layers): greedy drafts equal through the three
+    engines' paths; a sampled request gets ``py_draft_logits`` that give back a top-k distribution."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    from specplug import distill
+    from specplug.models.loader import load_tokenizer
+    from specplug_vllm import Proposer as VllmProposer
+
+    draft_dir = tmp_path / "draft"
+    distill.make_draft(load_config(None, ["max_model_len=256"]), draft_dir, num_layers=2, steps=0)
+    path = write_config(tmp_path / "d.yaml", proposer={"name": "draft_model", "model": str(draft_dir)},
+                        num_speculative_tokens=3)
+    drafter = trt(path, SHAPE)
+    history = load_tokenizer(MODEL).encode("The capital of France is Paris. The capital of Italy is")
+    embedded = drafter.strategy.proposer.propose([DraftRequest("e", history, len(history), 3)])[0]
+    greedy, sampled = LlmRequest(1, history), LlmRequest(2, history, sampling=SamplingConfig(0.8, 20, None, 5))
+    drafter.prepare_draft_tokens(ScheduledRequests(generation=[greedy, sampled]))
+    assert greedy.py_draft_tokens == embedded.token_ids and len(embedded.token_ids) == 3
+    assert greedy.py_draft_logits is None
+    logits = sampled.py_draft_logits
+    assert logits.shape == (3, SHAPE.vocab_size) and logits.dtype == torch.float32
+    assert (torch.isfinite(logits).sum(-1) <= 20).all()  # the proposer's top-k survives the hand-over
+    probs = logits_to_probs(logits, 0.8)
+    assert torch.allclose(probs.sum(-1), torch.ones(3), atol=1e-5)
+    assert all(probs[i, t] > 0 for i, t in enumerate(sampled.py_draft_tokens))
+    monkeypatch.setenv("SPECPLUG_CONFIG", path)
+    args = EngineArgs(model=MODEL, dtype="float32", max_model_len=128, max_num_seqs=4,
+                      speculative_config={"method": "custom_class", "model": "specplug_vllm.Proposer",
+                                          "num_speculative_tokens": 3})
+    tokens = np.zeros((4, 128), dtype=np.int32)
+    tokens[0, : len(history)] = history
+    in_vllm = VllmProposer(args.create_engine_config()).propose(
+        [[history[-1]], [], [], []], np.array([len(history), 0, 0, 0], dtype=np.int32), tokens)
+    assert in_vllm[0] == embedded.token_ids
+
+
 @pytest.mark.trtllm
 def test_real_tensorrt_llm_greedy_output_is_unchanged(tmp_path):
     """On a GPU machine with TensorRT-LLM: `pytest -m trtllm tests/test_trtllm_adapter.py`."""
