@@ -30,6 +30,7 @@ from specplug.errors import SpecplugError
 from specplug.llm import LLM
 from specplug.metadata import SamplingParams
 from specplug.prompts import Prompt, encode_prompt
+from specplug.proposers import draft_model, none
 
 DEFAULT_NUM_LAYERS = 6
 DEFAULT_DISTILL_STEPS = 120
@@ -117,9 +118,9 @@ def generate_data(config: Config, prompts: list[Prompt], gen_tokens: int, seed: 
     tokenizer = load_tokenizer(resolve_model(config.model))
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     length = min(config.max_model_len, max(map(len, encoded)) + gen_tokens + 1)  # no bigger a KV cache
-    base = dataclasses.replace(config, proposer=PluginChoice("none"), stop=(), max_model_len=length)
+    base = dataclasses.replace(config, proposer=PluginChoice(none.NAME), stop=(), max_model_len=length)
     sampler = LLM(base, max_batch_size=min(32, len(encoded))).variant(
-        "none", sampling=SamplingParams(0.8, 50, 1.0, seed))
+        none.NAME, sampling=SamplingParams(0.8, 50, 1.0, seed))
     with tqdm(total=len(encoded), desc="generating", unit="prompt", file=sys.stderr) as bar:
         def on_step(output) -> None:
             if output.finish_reason is not None:
@@ -298,7 +299,7 @@ def run_command(args) -> int:
     config = load_config(args.config, args.overrides)
     out = args.out
     if out is None:
-        if config.proposer.name != "draft_model" or not config.proposer.options.get("model"):
+        if config.proposer.name != draft_model.NAME or not config.proposer.options.get("model"):
             raise SpecplugError(f"--out is needed: the config's proposer is '{config.proposer.name}', not "
                                 "draft_model with a proposer.model path to write to")
         out = config.proposer.options["model"]

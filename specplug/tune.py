@@ -25,7 +25,7 @@ from specplug.errors import SpecplugError
 from specplug.llm import LLM
 from specplug.models.loader import cache_dir
 from specplug.prompts import Prompt
-from specplug.proposers import none
+from specplug.proposers import layerskip, none
 
 SPARSE_SKIP = 0.08
 
@@ -50,7 +50,7 @@ def sparse_masks(count: int, num_layers: int, seed: int) -> list[dict[str, bool]
 def starting_mask(config: Config, num_layers: int) -> dict[str, bool] | None:
     """The skip set of the config the tuner is given (when it is a layerskip config) as trial parameters:
     it runs first, so the config written is never one measured slower than the one given."""
-    if config.proposer.name != "layerskip":
+    if config.proposer.name != layerskip.NAME:
         return None
     options = config.proposer.options
     both = set(options.get("skip_layers") or [])
@@ -77,7 +77,7 @@ def tune_layerskip(config: Config, prompts: list[Prompt], trials: int, out: Path
     study_path.parent.mkdir(parents=True, exist_ok=True)
     storage = f"sqlite:///{study_path.resolve()}"
     startup = max(1, min(10, trials // 3))
-    study = optuna.create_study(study_name="layerskip", storage=storage, direction="maximize",
+    study = optuna.create_study(study_name=layerskip.NAME, storage=storage, direction="maximize",
                                 load_if_exists=True,
                                 sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup))
     if not study.trials:
@@ -92,7 +92,7 @@ def tune_layerskip(config: Config, prompts: list[Prompt], trials: int, out: Path
         skipped = (len(attention) + len(mlp)) / (2 * layers)
         if not skipped or skipped > max_skip_ratio:
             raise optuna.TrialPruned(f"skips {skipped:.0%} of the sub-layers")
-        result = measure(plain.variant("layerskip", skip_attention=attention, skip_mlp=mlp), encoded,
+        result = measure(plain.variant(layerskip.NAME, skip_attention=attention, skip_mlp=mlp), encoded,
                          max_new_tokens)
         for key in ("acceptance_rate", "mean_accepted_per_step"):
             trial.set_user_attr(key, result[key])
@@ -113,10 +113,10 @@ def tune_layerskip(config: Config, prompts: list[Prompt], trials: int, out: Path
 def write_tuned_config(config: Config, out: Path, attention: list[int], mlp: list[int], best, plain: LLM,
                        encoded: list[list[int]], max_new_tokens: int, trials: int) -> dict[str, Any]:
     """Re-measure the chosen set against plain decoding in one run and write a ready config."""
-    tuned = plain.variant("layerskip", skip_attention=attention, skip_mlp=mlp)
+    tuned = plain.variant(layerskip.NAME, skip_attention=attention, skip_mlp=mlp)
     base, chosen = measure(plain, encoded, max_new_tokens), measure(tuned, encoded, max_new_tokens)
     data = config_to_dict(dataclasses.replace(
-        config, proposer=PluginChoice("layerskip", {"skip_attention": attention, "skip_mlp": mlp})))
+        config, proposer=PluginChoice(layerskip.NAME, {"skip_attention": attention, "skip_mlp": mlp})))
     summary = {
         "date": date.today().isoformat(), "machine": machine_description(), "trials": trials,
         "calibration_prompts": len(encoded), "max_new_tokens": max_new_tokens,

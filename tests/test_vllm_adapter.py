@@ -90,13 +90,13 @@ def test_rows_that_move_keep_their_sequence_and_gone_ones_are_released(proposer)
     batch.set(1, REPEATING)
     batch.set(2, OTHER)
     batch.propose(proposer, [[3], [6], [12], []])
-    ids = {tuple(t.tokens[:3]): t.seq_id for t in proposer.rows.tracked()}
+    ids = {tuple(t.tokens[:3]): t.seq_id for t in proposer.rows.tracker.tracked()}
     # row 0 finished: vLLM moves its last row (2) into the hole; row 1 accepted its 3 drafts + a bonus
     batch.set(0, OTHER + [13])
     batch.set(1, REPEATING + [8, 9, 5, 6])
     batch.counts[2] = 0
     drafts = batch.propose(proposer, [[13], [8, 9, 5, 6], [], []])
-    now = {row: t.seq_id for row, t in proposer.rows.by_row.items()}
+    now = {row: t.seq_id for row, t in proposer.rows.tracker.by_row.items()}
     assert now == {0: ids[tuple(OTHER[:3])], 1: ids[tuple(REPEATING[:3])]}
     assert set(proposer.strategy.proposer.indexes) == set(now.values())  # the finished row was released
     assert drafts[1] == [8, 9, 5]
@@ -111,7 +111,7 @@ def test_identical_rows_each_get_their_own_sequence(proposer):
         batch.set(row, REPEATING)
     drafts = batch.propose(proposer, [[6], [6], [6], []])
     assert drafts[:3] == [[8, 9, 5]] * 3
-    assert len({t.seq_id for t in proposer.rows.tracked()}) == 3
+    assert len({t.seq_id for t in proposer.rows.tracker.tracked()}) == 3
 
 
 def test_tracker_matches_by_token_prefix_not_by_index():
@@ -207,12 +207,12 @@ def test_adaptive_k_moves_each_rows_budget_within_the_configs_k(vllm_config, tmp
     assert batch.propose(proposer, [[6], [], [], []])[0] == [8, 9, 5]
     batch.set(0, REPEATING + [1])  # vLLM rejected the first draft token and sampled 1 instead
     batch.propose(proposer, [[1], [], [], []])
-    assert proposer.rows.by_row[0].k == 2
+    assert proposer.rows.tracker.by_row[0].k == 2
     batch.set(0, REPEATING + [1, 5])  # nothing was drafted after the unseen 1
     assert batch.propose(proposer, [[5], [], [], []])[0] == [6, 1]  # k = 2 now
     batch.set(0, REPEATING + [1, 5, 6, 1, 5])  # both accepted, plus a bonus token
     batch.propose(proposer, [[6, 1, 5], [], [], []])
-    assert proposer.rows.by_row[0].k == 3  # back up, never above the config's k
+    assert proposer.rows.tracker.by_row[0].k == 3  # back up, never above the config's k
     assert ("runs as adaptive_k: true" in caplog.text) == (adaptive_k == "auto")
 
 

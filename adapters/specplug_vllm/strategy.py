@@ -7,6 +7,8 @@ vLLM's. ``num_speculative_tokens`` must not exceed vLLM's ``num_speculative_toke
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import logging
 from dataclasses import dataclass
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from specplug.config import Config, ConfigWatcher, load_config
+from specplug.config import DEFAULTS, Config, ConfigWatcher, PluginChoice, load_config, validate
 from specplug.models.loader import load_compact_model, load_tokenizer, parse_dtype
 from specplug.models.llama import CompactLlama
 from specplug.errors import ConfigError
@@ -40,6 +42,14 @@ class Strategy:
     @property
     def k(self) -> int:
         return self.config.num_speculative_tokens
+
+    @classmethod
+    def around(cls, proposer: SpecplugProposer, k: int, adaptive_k: bool = False) -> "Strategy":
+        """A strategy for a proposer object made elsewhere (the conformance kit's), with budget ``k``."""
+        name = getattr(proposer, "name", type(proposer).__name__)
+        config = dataclasses.replace(validate(copy.deepcopy(DEFAULTS)), proposer=PluginChoice(name),
+                                     num_speculative_tokens=k, adaptive_k=adaptive_k)
+        return cls("direct", config, proposer)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ from specplug.proposers.layerskip import CONFIDENCE_HELP
 from specplug.proposers.model_drafter import ModelDrafter
 from specplug.registry import ProposerCapabilities
 
+NAME = "draft_model"
+
 
 def load_draft(model: str, context: ProposerContext, dtype: str | None) -> CompactLlama:
     path = Path(model).expanduser()
@@ -63,7 +65,7 @@ class DraftModelOptions:
 
 def make_draft_model(context: ProposerContext, options: DraftModelOptions) -> ModelDrafter:
     draft = load_draft(options.model, context, options.dtype)
-    return ModelDrafter("draft_model", draft, None, context.max_batch_size, context.max_model_len,
+    return ModelDrafter(NAME, draft, None, context.max_batch_size, context.max_model_len,
                         context.num_speculative_tokens, options.confidence_threshold,
                         enforce_eager=context.enforce_eager)
 
@@ -89,5 +91,5 @@ def register_commands(register):
 
 @hookimpl
 def register_proposers(register):
-    register.proposer("draft_model", make_draft_model, options=DraftModelOptions,
+    register.proposer(NAME, make_draft_model, options=DraftModelOptions,
                       capabilities=ProposerCapabilities(draft_probs=True, stateful=True))

@@ -19,6 +19,8 @@ from specplug.options import option
 from specplug.proposers.model_drafter import ModelDrafter
 from specplug.registry import ProposerCapabilities
 
+NAME = "layerskip"
+
 
 def layer_plan(num_layers: int, skip_layers: Sequence[int] = (), skip_attention: Sequence[int] = (),
                skip_mlp: Sequence[int] = (), exit_layer: int | None = None) -> LayerPlan:
@@ -59,7 +61,7 @@ def make_layerskip(context: ProposerContext, options: LayerskipOptions) -> Model
                           "to share them (the embedded engine does; the vLLM adapter loads a copy)")
     plan = layer_plan(target.shape.num_layers, options.skip_layers, options.skip_attention, options.skip_mlp,
                       options.exit_layer)
-    return ModelDrafter("layerskip", target, plan, context.max_batch_size, context.max_model_len,
+    return ModelDrafter(NAME, target, plan, context.max_batch_size, context.max_model_len,
                         context.num_speculative_tokens, options.confidence_threshold,
                         enforce_eager=context.enforce_eager)
 
@@ -78,11 +80,11 @@ def configure_tune(parser) -> None:
 
 @hookimpl
 def register_commands(register):
-    register.tuner("layerskip", "choose the layerskip skip set by Bayesian optimisation on measured tok/s",
+    register.tuner(NAME, "choose the layerskip skip set by Bayesian optimisation on measured tok/s",
                    configure_tune, "specplug.tune:run_command")
 
 
 @hookimpl
 def register_proposers(register):
-    register.proposer("layerskip", make_layerskip, options=LayerskipOptions,
+    register.proposer(NAME, make_layerskip, options=LayerskipOptions,
                       capabilities=ProposerCapabilities(draft_probs=True, needs_target=True, stateful=True))
