@@ -210,13 +210,15 @@ def test_a_command_name_taken_twice_warns_and_the_first_stays(plugin_manager):
     assert registry.commands[(None, "make-draft")].run == "specplug.distill:run_command"
 
 
-def test_the_cli_names_no_proposer():
+@pytest.mark.parametrize("module", ["specplug.cli", "specplug.bench", "specplug.tune", "specplug.distill"])
+def test_the_faces_name_no_proposer(module):
+    """The CLI, bench, tuner and make-draft name proposers only through their plugins' NAME."""
+    import importlib
     from pathlib import Path
 
-    import specplug.cli
     from specplug.plugins import load_registry, make_plugin_manager
 
-    source = Path(specplug.cli.__file__).read_text()
+    source = Path(importlib.import_module(module).__file__).read_text()
     code = "\n".join(line.split("#")[0] for line in source.splitlines())
     for name in load_registry(make_plugin_manager(load_entrypoints=False)).names("proposer"):
-        assert f'"{name}"' not in code and f"'{name}'" not in code, name
+        assert f'"{name}"' not in code and f"'{name}'" not in code, (module, name)
