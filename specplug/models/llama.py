@@ -1,8 +1,9 @@
 """A compact Llama-family forward for the embedded engine (after gpt-fast).
 
 Weights are fused where the math allows (Q/K/V in one matrix, gate/up in one), RoPE is applied to
-Q and K in one complex multiply (their rows are permuted to interleaved pairs at load time, which
-leaves attention scores unchanged), attention reads the static GQA cache through SDPA with
+Q and K together as one rotation of interleaved pairs in real arithmetic (their rows are permuted to
+pairs at load time, which leaves attention scores unchanged; real, not complex, so that torch.compile
+fuses it), attention reads the static GQA cache through SDPA with
 ``enable_gqa=True``, and logits are computed only at the positions asked for.
 """
 
@@ -110,7 +111,8 @@ class CompactLlama(nn.Module):
         self.embed, self.norm, self.lm_head = embed, norm, lm_head
         positions = torch.arange(shape.max_positions, dtype=torch.float32, device=inv_freq.device)
         angles = positions[:, None] * inv_freq.float()[None, :]  # [max_positions, head_dim / 2]
-        self.rope = torch.polar(torch.full_like(angles, rope_scale), angles)  # complex64
+        # [max_positions, head_dim / 2, 2]: (cos, sin) x rope_scale, real so that torch.compile fuses it
+        self.rope = torch.stack((angles.cos(), angles.sin()), -1) * rope_scale
         self.use_kernels(KernelPlan.uniform("linear", "default"))
 
     def use_kernels(self, plan: KernelPlan) -> None:
@@ -178,9 +180,11 @@ class CompactLlama(nn.Module):
 
     def apply_rope(self, qk: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """qk [B, T, heads, head_dim] in pair order -> rotated, same shape and dtype."""
-        pairs = torch.view_as_complex(qk.float().reshape(*qk.shape[:-1], -1, 2))
-        rotated = pairs * self.rope[positions][:, :, None, :]
-        return torch.view_as_real(rotated).flatten(-2).to(qk.dtype)
+        pairs = qk.float().reshape(*qk.shape[:-1], -1, 2)
+        x, y = pairs[..., 0], pairs[..., 1]
+        rope = self.rope[positions][:, :, None]  # [B, T, 1, head_dim / 2, 2]
+        cos, sin = rope[..., 0], rope[..., 1]
+        return torch.stack((x * cos - y * sin, x * sin + y * cos), -1).flatten(-2).to(qk.dtype)
 
     @staticmethod
     def attention_mask(positions: torch.Tensor, upto: int) -> torch.Tensor:
