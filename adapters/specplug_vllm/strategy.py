@@ -21,7 +21,7 @@ from specplug.models.loader import load_compact_model, load_tokenizer, parse_dty
 from specplug.models.llama import CompactLlama
 from specplug.errors import ConfigError
 from specplug.metadata import ProposerContext, VerifyOutcome
-from specplug.proposers.base import Proposer as SpecplugProposer, next_draft_length
+from specplug.proposers.base import Proposer as SpecplugProposer, next_draft_length, proposer_name
 from specplug_vllm.plugin import registry
 
 logger = logging.getLogger("vllm.specplug")
@@ -46,9 +46,9 @@ class Strategy:
     @classmethod
     def around(cls, proposer: SpecplugProposer, k: int, adaptive_k: bool = False) -> "Strategy":
         """A strategy for a proposer object made elsewhere (the conformance kit's), with budget ``k``."""
-        name = getattr(proposer, "name", type(proposer).__name__)
-        config = dataclasses.replace(validate(copy.deepcopy(DEFAULTS)), proposer=PluginChoice(name),
-                                     num_speculative_tokens=k, adaptive_k=adaptive_k)
+        choice = PluginChoice(proposer_name(proposer))
+        config = dataclasses.replace(validate(copy.deepcopy(DEFAULTS)), proposer=choice, num_speculative_tokens=k,
+                                     adaptive_k=adaptive_k)
         return cls("direct", config, proposer)
 
 

@@ -28,10 +28,15 @@ class Proposer(ABC):
         """Forget everything kept for ``seq_id`` (the row finished or was cancelled)."""
 
 
+def proposer_name(proposer: Proposer) -> str:
+    """The name a proposer goes by in messages: its ``name``, else its class's."""
+    return getattr(proposer, "name", type(proposer).__name__)
+
+
 def check_drafts(proposer: Proposer, requests: Sequence[DraftRequest], drafts: Sequence[Draft],
                  vocab: int) -> None:
     """Reject malformed proposer output with an error that names the proposer."""
-    name = getattr(proposer, "name", type(proposer).__name__)
+    name = proposer_name(proposer)
     if len(drafts) != len(requests):
         raise SpecplugError(f"proposer '{name}' returned {len(drafts)} drafts for {len(requests)} rows")
     for request, draft in zip(requests, drafts):

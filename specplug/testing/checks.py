@@ -12,7 +12,7 @@ import torch
 from specplug.engine.engine import Engine, Request
 from specplug.metadata import DraftRequest, ProposerContext, SamplingParams
 from specplug.models.llama import CompactLlama
-from specplug.proposers.base import Proposer
+from specplug.proposers.base import Proposer, proposer_name
 from specplug.proposers.none import NoProposer
 from specplug.verifiers.rejection import RejectionSampler
 
@@ -34,10 +34,6 @@ def tiny_model(seed: int = 0) -> CompactLlama:
 
 def context_for(model: CompactLlama | None = None, rows: int = ROWS) -> ProposerContext:
     return ProposerContext(K, VOCAB, torch.device("cpu"), rows, MAX_LEN, None, model)
-
-
-def proposer_name(proposer: Proposer) -> str:
-    return getattr(proposer, "name", type(proposer).__name__)
 
 
 def returns_probs(factory, model, seed) -> bool:

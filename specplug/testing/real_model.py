@@ -21,9 +21,9 @@ from specplug.llm import eos_ids
 from specplug.metadata import ProposerContext
 from specplug.models.loader import compact_from_hf, load_hf_model, load_tokenizer, resolve_model
 from specplug.prompts import encode_prompt
-from specplug.proposers.base import Proposer
+from specplug.proposers.base import Proposer, proposer_name
 from specplug.proposers.none import NoProposer
-from specplug.testing.checks import K, ROWS, engine_tokens, full_logits, proposer_name
+from specplug.testing.checks import K, ROWS, engine_tokens, full_logits
 from specplug.verifiers.rejection import RejectionSampler
 
 MAX_NEW = 32

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from specplug.proposers.base import Proposer
-from specplug.testing.checks import K, MAX_LEN, ROWS, full_logits, greedy_prompts, proposer_name
+from specplug.proposers.base import Proposer, proposer_name
+from specplug.testing.checks import K, MAX_LEN, ROWS, full_logits, greedy_prompts
 
 MAX_NEW = 24
 
