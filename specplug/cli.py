@@ -151,48 +151,61 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from specplug.config import load_config
     from specplug.llm import LLM
-    from specplug.prompts import read_prompts_file
+    from specplug.prompts import PromptLine, read_prompt_lines
+    from specplug.results import check_output
 
     check_sizes(args)
     config = load_config(args.config, args.overrides)
-    prompts = [args.prompt] if args.prompt is not None else read_prompts_file(args.prompts_file)
+    lines = [PromptLine(args.prompt)] if args.prompt is not None else read_prompt_lines(args.prompts_file)
+    prompts = [line.prompt for line in lines]
     output = Path(args.output) if args.output else None
-    todo = _prompts_to_do(args, output, len(prompts))
+    if output is not None:
+        check_output(output)
+    todo, fingerprints = _prompts_to_do(args, config, output, lines)
     if not todo:
         print(f"specplug: every prompt is already in {output}; nothing to do", file=sys.stderr)
         return 0
     llm = LLM(config, max_batch_size=min(args.batch_size, len(todo)))  # rows that can actually run at once
     if args.compare_plain:
         llm.generate(prompts[:1], 4)  # the first forwards of a process are slow: keep them out of the timing
+    seeds = [lines[i].seed if lines[i].seed is not None else llm.request_seed(i) for i in todo]
     with contextlib.ExitStack() as stack:
-        results = _results(args, llm, output, todo, len(prompts), stack)
+        results = _results(args, llm, output, todo, len(prompts), stack, fingerprints)
         started = time.perf_counter()
         try:
-            completions = llm.generate([prompts[i] for i in todo], args.max_new_tokens, on_step=results.on_step)
+            completions = llm.generate([prompts[i] for i in todo], args.max_new_tokens, on_step=results.on_step,
+                                       seeds=seeds)
         except KeyboardInterrupt:
             kept = f"; their results are in {output}" if output else ""
             print(f"\nspecplug: interrupted: {results.written} of {len(todo)} prompts done{kept}", file=sys.stderr)
             return 130
         seconds = time.perf_counter() - started
     if args.compare_plain:
-        print(compare_with_plain(llm, [prompts[i] for i in todo], completions, seconds, args.max_new_tokens),
-              file=sys.stderr)
+        print(compare_with_plain(llm, [prompts[i] for i in todo], completions, seconds, args.max_new_tokens,
+                                 seeds), file=sys.stderr)
     return 0
 
 
-def _prompts_to_do(args: argparse.Namespace, output: Path | None, count: int) -> list[int]:
-    if not args.resume:
-        return list(range(count))
-    from specplug.results import done_indices
+def _prompts_to_do(args: argparse.Namespace, config, output: Path | None, lines) -> tuple[list[int], object]:
+    """The prompt indices still to generate, and each result's fingerprint (what --resume checks)."""
+    from specplug.results import done_indices, prompt_fingerprint, settings_fingerprint
 
+    settings = settings_fingerprint(config, args.max_new_tokens)
+    prompts = [prompt_fingerprint(line) for line in lines]
+
+    def fingerprint(index: int) -> dict:
+        return {"settings": settings, "prompt": prompts[index]}
+
+    if not args.resume:
+        return list(range(len(lines))), fingerprint
     if output is None:
         raise SpecplugError("--resume needs --output FILE: the results file of the run to continue")
-    done = done_indices(output)
-    return [i for i in range(count) if i not in done]
+    done = done_indices(output, settings, prompts)
+    return [i for i in range(len(lines)) if i not in done], fingerprint
 
 
 def _results(args: argparse.Namespace, llm, output: Path | None, todo: list[int], total: int,
-             stack: contextlib.ExitStack):
+             stack: contextlib.ExitStack, fingerprints):
     from specplug.results import OrderedResults, Progress
 
     json_outs = [sys.stdout] if args.json else []
@@ -203,14 +216,15 @@ def _results(args: argparse.Namespace, llm, output: Path | None, todo: list[int]
         progress = Progress(total, total - len(todo))
         stack.callback(progress.close)
     return OrderedResults(llm.tokenizer, llm.config.stop, todo, llm.completion, json_outs,
-                          None if args.json else sys.stdout, progress)
+                          None if args.json else sys.stdout, progress, fingerprints)
 
 
-def compare_with_plain(llm, prompts, completions, seconds: float, max_new_tokens: int | None) -> str:
+def compare_with_plain(llm, prompts, completions, seconds: float, max_new_tokens: int | None,
+                       seeds=None) -> str:
     """One line: this run's tok/s against plain decoding of the same prompts on the same engine."""
     plain_llm = llm.plain()
     started = time.perf_counter()
-    plain = plain_llm.generate(prompts, max_new_tokens)
+    plain = plain_llm.generate(prompts, max_new_tokens, seeds=seeds)
     plain_seconds = time.perf_counter() - started
     tokens, plain_tokens = (sum(len(c.token_ids) for c in run) for run in (completions, plain))
     speed, plain_speed = tokens / seconds, plain_tokens / plain_seconds

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from specplug.config import Config, PluginChoice, load_config
-from specplug.errors import ConfigError
+from specplug.errors import ConfigError, SpecplugError
 from specplug.engine.auto import AutoDraftLength
 from specplug.engine.engine import Engine, Request, Row, StepOutput
 from specplug.engine.strategy import Strategy
@@ -21,6 +21,7 @@ from specplug.models.costs import cost_by_width
 from specplug.models.loader import (compact_from_hf, load_hf_model, load_tokenizer, parse_device, parse_dtype,
                                     resolve_model)
 from specplug.metadata import ProposerContext, SamplingParams
+from specplug.sampling import request_seed
 from specplug.plugins import load_registry
 from specplug.proposers import none
 from specplug.proposers.base import Proposer
@@ -144,30 +145,45 @@ class LLM:
         return encode_prompt(self.tokenizer, prompt)
 
     def generate(self, prompts: Sequence[Prompt], max_new_tokens: int | None = None,
-                 on_step: Callable[[StepOutput], None] | None = None) -> list[Completion]:
+                 on_step: Callable[[StepOutput], None] | None = None,
+                 seeds: Sequence[int | None] | None = None) -> list[Completion]:
         """Generate for every prompt (batched up to ``max_batch_size``); completions in input order."""
-        return self.generate_ids([self.encode(p) for p in prompts], max_new_tokens, on_step)
+        return self.generate_ids([self.encode(p) for p in prompts], max_new_tokens, on_step, seeds)
 
     def generate_ids(self, prompts: Sequence[list[int]], max_new_tokens: int | None = None,
                      on_step: Callable[[StepOutput], None] | None = None,
                      seeds: Sequence[int | None] | None = None) -> list[Completion]:
         """``generate`` for prompts that are already token ids. Each prompt samples with its own seed:
-        ``seeds[i]``, else the config's ``sampling.seed`` (null: a fresh one per prompt)."""
+        ``seeds[i]`` when given, else ``request_seed(i)``. A failed row raises SpecplugError."""
         with self.lock:
             return self._generate_ids(prompts, max_new_tokens, on_step, seeds)
 
+    def request_seed(self, index: int) -> int | None:
+        """The seed prompt ``index`` of a run samples with when it brings none: derived from ``sampling.seed``
+        (a reproducible run, an independent stream per prompt); None (a fresh one) when that is null."""
+        return None if self.config.seed is None else request_seed(self.config.seed, index)
+
     def _generate_ids(self, prompts, max_new_tokens, on_step, seeds) -> list[Completion]:
-        seeds = list(seeds) if seeds is not None else [self.config.sampling.seed] * len(prompts)
+        seeds = list(seeds) if seeds is not None else [None] * len(prompts)
         requests = [Request(i, list(ids), max_new_tokens or self.config.max_new_tokens,
-                            dataclasses.replace(self.config.sampling, seed=seed), self.config.stop)
+                            dataclasses.replace(self.config.sampling, seed=self.request_seed(i) if seed is None
+                                                else seed), self.config.stop)
                     for i, (ids, seed) in enumerate(zip(prompts, seeds, strict=True))]
         done: dict[int, Completion] = {}
         for output in self.engine.run(requests):
+            if output.finish_reason == "error":
+                self._drop(requests)
+                raise SpecplugError(f"prompt {output.request_id} failed: {output.row.error}")
             if on_step is not None:
                 on_step(output)
             if output.finish_reason is not None:
                 done[output.request_id] = self.completion(output.row)
         return [done[i] for i in range(len(requests))]
+
+    def _drop(self, requests: list[Request]) -> None:
+        """Leave the engine empty after a failed call (the next call starts clean)."""
+        for request in requests:
+            self.engine.abort(request.request_id)
 
     def completion(self, row: Row) -> Completion:
         generated = row.token_ids[len(row.request.prompt_token_ids):]

@@ -11,10 +11,14 @@ from dataclasses import dataclass, field
 
 import torch
 
+# Temperatures below this are greedy (as vLLM's _SAMPLING_EPS): logits / 1e-38 overflows float32, and a
+# distribution that sharp is argmax anyway.
+GREEDY_TEMPERATURE = 1e-5
+
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How the target's next token is chosen. ``temperature == 0`` means greedy."""
+    """How the target's next token is chosen. ``temperature < GREEDY_TEMPERATURE`` (0 included) is greedy."""
 
     temperature: float = 0.0
     top_k: int = 0  # 0 = no top-k filter
@@ -23,7 +27,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_TEMPERATURE
 
 
 @dataclass

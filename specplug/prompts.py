@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from specplug.config import MAX_SAMPLING_SEED
 from specplug.errors import SpecplugError
 
 Prompt = str | list[dict[str, str]]  # raw text, or chat messages [{"role": ..., "content": ...}]
@@ -16,18 +18,32 @@ EXAMPLE = '{"prompt": "..."} or {"messages": [{"role": "user", "content": "..."}
 MESSAGE = '{"role": "...", "content": "..."}'
 
 
+@dataclass(frozen=True)
+class PromptLine:
+    """One line of a prompts file: the prompt, and the seed it samples with when the line names one."""
+
+    prompt: Prompt
+    seed: int | None = None
+
+
 def read_prompts_file(path: str | Path) -> list[Prompt]:
     """One JSON object per line: {"prompt": "..."} or {"messages": [...]}. Blank lines are skipped."""
+    return [line.prompt for line in read_prompt_lines(path)]
+
+
+def read_prompt_lines(path: str | Path) -> list[PromptLine]:
+    """The prompts file's lines, each with its optional ``"seed"``."""
     path = Path(path)
     if path.is_dir():
         raise SpecplugError(f"prompts file '{path}' is a directory, not a file: point --prompts-file at a JSONL "
                             "file (one JSON object per line)")
     if not path.is_file():
         raise SpecplugError(f"prompts file '{path}' not found")
-    prompts: list[Prompt] = []
+    prompts: list[PromptLine] = []
     for number, line in _utf8_lines(path):
         if line.strip():
-            prompts.append(parse_prompt_line(line, f"{path}:{number}"))
+            where = f"{path}:{number}"
+            prompts.append(PromptLine(parse_prompt_line(line, where), _seed(json.loads(line), where)))
     if not prompts:
         raise SpecplugError(f"prompts file '{path}' holds no prompts")
     return prompts
@@ -54,6 +70,7 @@ def parse_prompt_line(line: str, where: str) -> Prompt:
         raise SpecplugError(f"{where}: expected a JSON object, got {_json_type(item)}; each line must be one "
                             f"JSON object like {EXAMPLE}")
     if isinstance(item.get("prompt"), str):
+        check_text(item["prompt"], f'{where}: "prompt"')
         return item["prompt"]
     if "messages" in item:
         return _messages(item["messages"], where)
@@ -77,7 +94,26 @@ def _messages(value: Any, where: str) -> list[dict[str, str]]:
             if not isinstance(message[key], str):
                 raise SpecplugError(f'{where}: messages[{index}]["{key}"] must be a string, '
                                     f"got {_json_type(message[key])}")
+            check_text(message[key], f'{where}: messages[{index}]["{key}"]')
     return value
+
+
+def _seed(item: dict[str, Any], where: str) -> int | None:
+    seed = item.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SAMPLING_SEED):
+        raise SpecplugError(f'{where}: "seed" must be an integer from 0 to {MAX_SAMPLING_SEED} (got {seed!r})')
+    return seed
+
+
+def check_text(text: str, where: str) -> None:
+    """Refuse text that is not valid Unicode: a lone UTF-16 surrogate (JSON's "\\ud800" alone) cannot be
+    encoded, so no tokenizer can read it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise SpecplugError(f"{where} holds a lone UTF-16 surrogate (U+{ord(text[exc.start]):04X}) at character "
+                            f"{exc.start}: send valid Unicode (pair the surrogate with its other half, or remove "
+                            "it)") from None
 
 
 def _json_type(value: Any) -> str:

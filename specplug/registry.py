@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from specplug.errors import ConfigError, closest
+from specplug.metadata import GREEDY_TEMPERATURE
 from specplug.options import describe, parse_options
 
 Kind = Literal["proposer", "verifier"]
@@ -127,7 +128,8 @@ class Registry:
             self.check_choice("proposer", name, options)
         self.check_choice("verifier", *verifier)
         capabilities = self.get("verifier", verifier[0]).capabilities
-        if temperature > 0 and isinstance(capabilities, VerifierCapabilities) and not capabilities.sampling:
+        sampled = temperature >= GREEDY_TEMPERATURE
+        if sampled and isinstance(capabilities, VerifierCapabilities) and not capabilities.sampling:
             raise ConfigError(f"verifier '{verifier[0]}' cannot verify sampled rows and sampling.temperature is "
                               f"{temperature}: set temperature 0, or use a verifier that samples (rejection)")
 

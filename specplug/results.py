@@ -9,40 +9,119 @@ terminal.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from specplug.config import Config
 from specplug.engine.engine import StepOutput
 from specplug.engine.text import TextStream
 from specplug.errors import SpecplugError
+from specplug.prompts import PromptLine
+
+OTHER_SETTINGS = "model, dtype, max_model_len, max_new_tokens, stop, sampling, verifier, or a sampled run's strategy"
 
 
-def done_indices(path: Path) -> set[int]:
-    """Indices of the prompts an earlier run already wrote to ``path`` (``--resume``)."""
+def check_output(path: Path) -> None:
+    """Refuse an ``--output`` that cannot be written, before anything is loaded."""
+    if path.is_dir():
+        raise SpecplugError(f"--output '{path}' is a directory: give a file path, e.g. {path / 'results.jsonl'}")
+    if not path.parent.is_dir():
+        raise SpecplugError(f"--output '{path}': directory '{path.parent}' does not exist: create it first")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise SpecplugError(f"--output '{path}' cannot be written (permission denied): choose another path")
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def settings_fingerprint(config: Config, max_new_tokens: int | None) -> str:
+    """What decides a run's outputs besides its prompts. The strategy counts only for a sampled run: greedy
+    speculation is lossless, so a greedy run may be resumed with another proposer."""
+    s = config.sampling
+    settings: dict[str, Any] = {
+        "model": config.model, "dtype": config.dtype, "max_model_len": config.max_model_len,
+        "max_new_tokens": max_new_tokens or config.max_new_tokens, "stop": list(config.stop),
+        "sampling": [s.greedy, s.temperature, s.top_k, s.top_p, s.seed],
+        "verifier": [config.verifier.name, config.verifier.options]}
+    if not s.greedy:
+        settings["strategy"] = [config.proposer.name, config.proposer.options, config.num_speculative_tokens,
+                                config.adaptive_k]
+    return _digest(settings)
+
+
+def prompt_fingerprint(line: PromptLine) -> str:
+    return _digest([line.prompt, line.seed])
+
+
+def done_indices(path: Path, settings: str, prompts: list[str]) -> set[int]:
+    """Indices of the prompts an earlier run already wrote to ``path`` (``--resume``), refused in one line
+    when that run had other settings or other prompts (``prompts``: each prompt's fingerprint). A last line
+    cut off by an interrupted write is dropped from the file (its prompt is generated again)."""
     if not path.exists():
         return set()
+    lines = _complete_lines(path)
     done = set()
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            done.add(int(json.loads(line)["index"]))
-        except (ValueError, KeyError, TypeError):
-            raise SpecplugError(f"{path}:{number} is not a result line of specplug generate --json; "
-                                "--resume needs the file an earlier run wrote") from None
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            done.add(_check_result(path, number, line, settings, prompts))
     return done
+
+
+def _complete_lines(path: Path) -> list[str]:
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    if lines and not text.endswith("\n") and not _is_json(lines[-1]):
+        kept = "".join(line + "\n" for line in lines[:-1])
+        path.write_text(kept, encoding="utf-8")
+        print(f"specplug: note: the last line of {path} was cut off (an interrupted write); dropped it, and its "
+              "prompt is generated again", file=sys.stderr)
+        lines = lines[:-1]
+    return lines
+
+
+def _is_json(line: str) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_result(path: Path, number: int, line: str, settings: str, prompts: list[str]) -> int:
+    where = f"{path}:{number}"
+    try:
+        result = json.loads(line)
+        index, fingerprint = int(result["index"]), result.get("fingerprint")
+    except (ValueError, KeyError, TypeError):
+        raise SpecplugError(f"{where} is not a result line of specplug generate --json; --resume needs the file an "
+                            "earlier run wrote") from None
+    if not isinstance(fingerprint, dict):
+        raise SpecplugError(f"{where} has no fingerprint (an older specplug wrote it), so --resume cannot tell "
+                            "which run it belongs to: write to a new --output")
+    if fingerprint.get("settings") != settings:
+        raise SpecplugError(f"{path} was written with other settings ({OTHER_SETTINGS}): resume with the settings "
+                            "that wrote it, or write to a new --output")
+    if not 0 <= index < len(prompts) or fingerprint.get("prompt") != prompts[index]:
+        raise SpecplugError(f"{where} holds prompt {index} of another prompts file (not the one at line {index + 1} "
+                            "here, or its seed differs): resume with the prompts file that wrote it, or write to a "
+                            "new --output")
+    return index
 
 
 class OrderedResults:
     """``on_step`` receives every engine output; results come out in input order."""
 
     def __init__(self, tokenizer, stop, indices: list[int], completion: Callable[[Any], Any], json_outs: list[IO],
-                 text_out: IO | None = None, progress=None):
+                 text_out: IO | None = None, progress=None, fingerprints: Callable[[int], dict] | None = None):
         self.tokenizer, self.stop, self.completion = tokenizer, stop, completion
+        self.fingerprints = fingerprints  # prompt index -> what --resume checks the result line by
         self.order = indices  # original prompt indices, in the order they are written
         self.json_outs, self.text_out, self.progress = json_outs, text_out, progress
         self.streams: dict[int, TextStream] = {}
@@ -85,8 +164,11 @@ class OrderedResults:
         self.text_out.flush()
 
     def _write(self, completion) -> None:
-        line = json.dumps({"index": completion.index, "text": completion.text, "token_ids": completion.token_ids,
-                           "finish_reason": completion.finish_reason, "stats": completion.stats}) + "\n"
+        result = {"index": completion.index, "text": completion.text, "token_ids": completion.token_ids,
+                  "finish_reason": completion.finish_reason, "stats": completion.stats}
+        if self.fingerprints is not None:
+            result["fingerprint"] = self.fingerprints(completion.index)
+        line = json.dumps(result) + "\n"
         for out in self.json_outs:
             out.write(line)
             out.flush()

@@ -133,7 +133,8 @@ def test_json_results_stream_in_order_and_resume_skips_what_is_done(tmp_path):
     assert [r["index"] for r in resumed] == [2, 3, 4]  # only what was missing
     assert [r["token_ids"] for r in resumed] == [r["token_ids"] for r in first[2:]]
     assert [json.loads(line)["index"] for line in out.read_text().splitlines()] == [0, 1, 2, 3, 4]
-    again = specplug("generate", "--prompts-file", str(prompts), "--output", str(out), "--resume")
+    again = specplug("generate", "--prompts-file", str(prompts), "--max-new-tokens", "6", "--output", str(out),
+                     "--resume")
     assert "nothing to do" in again.stderr
 
 
@@ -193,3 +194,55 @@ def test_progress_bar_in_a_terminal(tmp_path):
     assert "3/3" in shown and "prompt" in shown and "tok/s" in shown
     assert "3/3" not in run_in_pty(["--quiet"])
     assert "3/3" not in specplug(*args[3:]).stderr  # stderr is a pipe: no bar
+
+
+def test_resume_refuses_another_run_and_recovers_a_cut_off_line(tmp_path):
+    """--resume continues only the run that wrote the file: other prompts or settings are refused in one
+    line; a last line cut off by an interrupted write is dropped, noted and generated again."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Count: {i}, {i + 1},"}) + "\n" for i in range(4)))
+    out = tmp_path / "out.jsonl"
+    args = ["generate", "--prompts-file", str(prompts), "--max-new-tokens", "5", "--batch-size", "2", "--quiet"]
+    specplug(*args, "--output", str(out))
+    whole = out.read_text()
+    lines = whole.splitlines()
+    out.write_text(lines[0] + "\n" + lines[1] + "\n" + lines[2][: len(lines[2]) // 2])  # killed mid-write
+    resumed = specplug(*args, "--output", str(out), "--resume")
+    assert "last line of" in resumed.stderr and "cut off" in resumed.stderr
+    assert [json.loads(line)["token_ids"] for line in out.read_text().splitlines()] == \
+           [json.loads(line)["token_ids"] for line in lines]
+    assert "nothing to do" in specplug(*args, "--output", str(out), "--resume", "--set", "proposer.name=none").stderr
+    finished = out.read_text()
+
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps({"prompt": f"Other {i}"}) + "\n" for i in range(4)))
+    for extra, message in [(["--prompts-file", str(other)], "holds prompt 0 of another prompts file"),
+                           (["--max-new-tokens", "9"], "was written with other settings"),
+                           (["--set", "sampling.temperature=0.8"], "was written with other settings")]:
+        refused = specplug(*args, *extra, "--output", str(out), "--resume", check=False)
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
+    assert out.read_text() == finished  # refused runs leave the file as it was
+
+
+@pytest.mark.parametrize("target,message", [("missing-dir/out.jsonl", "does not exist: create it first"),
+                                            (".", "is a directory: give a file path")])
+def test_an_unwritable_output_is_refused_before_the_model_loads(tmp_path, target, message):
+    result = specplug("generate", "--prompt", "Hi", "--output", str(tmp_path / target), check=False)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_each_line_samples_its_own_stream_unless_it_names_a_seed(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    line = {"prompt": "Once upon a time, in a small village,"}
+    prompts.write_text("".join(json.dumps(item) + "\n" for item in
+                               [line, line, line, {**line, "seed": 7}, {**line, "seed": 7}]))
+    run = ["generate", "--prompts-file", str(prompts), "--max-new-tokens", "8", "--batch-size", "5", "--json",
+           "--set", "sampling.temperature=1.0"]
+    texts = [json.loads(row)["token_ids"] for row in specplug(*run).stdout.splitlines()]
+    assert len({tuple(t) for t in texts[:3]}) == 3  # no seed of their own: independent samples
+    assert texts[3] == texts[4]  # the same seed: the same sample, whatever its batch companions
+    alone = tmp_path / "alone.jsonl"
+    alone.write_text(json.dumps({**line, "seed": 7}) + "\n")
+    assert json.loads(specplug(*run[:2], str(alone), *run[3:]).stdout)["token_ids"] == texts[3]
+    assert [json.loads(row)["token_ids"] for row in specplug(*run).stdout.splitlines()] == texts  # reproducible

@@ -114,3 +114,16 @@ def test_serve_section_errors(override, message):
     with pytest.raises(ConfigError) as error:
         load_config("configs/ngram.yaml", [override])
     assert message in str(error.value)
+
+
+def test_the_api_key_is_checked_but_never_shown():
+    config = load_config(overrides=["serve.api_key=sk-very-secret"])
+    assert config.serve.api_key == "sk-very-secret"
+    assert "sk-very-secret" not in repr(config) and "sk-very-secret" not in repr(config.serve)
+    for bad in ("serve.api_key=[sk-very-secret]", 'serve.api_key="sk-very-secret\\t"', "serve.api_key=' '"):
+        with pytest.raises(ConfigError) as info:
+            load_config(overrides=[bad])
+        assert "serve.api_key must be a non-empty string" in str(info.value)
+        assert "sk-very-secret" not in str(info.value)
+    with pytest.raises(ConfigError, match="serve.max_request_bytes must be an integer >= 1024"):
+        load_config(overrides=["serve.max_request_bytes=10"])

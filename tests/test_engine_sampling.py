@@ -43,11 +43,11 @@ def test_a_seeded_request_gives_the_same_tokens_whatever_shares_its_batch(llm, p
     sampling = SamplingParams(0.8, seed=1)
     variant = llm.variant(proposer, sampling=sampling, max_batch_size=4)
     prompts = [variant.encode(p) for p in GROUNDED + OPEN_ENDED]
-    alone = variant.generate_ids([prompts[1]], 24)[0].token_ids
+    alone = variant.generate_ids([prompts[1]], 24, seeds=[1])[0].token_ids
     first = variant.generate_ids([prompts[1], *prompts[:3]], 24, seeds=[1, 5, 6, 7])[0].token_ids
     last = variant.generate_ids([prompts[0], prompts[2], prompts[3], prompts[1]], 24,
                                 seeds=[8, 9, 10, 1])[3].token_ids
-    again = variant.generate_ids([prompts[1]], 24)[0].token_ids
+    again = variant.generate_ids([prompts[1]], 24, seeds=[1])[0].token_ids
     assert alone == first == last == again
     other_seed = variant.generate_ids([prompts[1]], 24, seeds=[2])[0].token_ids
     assert other_seed != alone  # the seed matters (the test could fail)
@@ -93,3 +93,25 @@ def test_one_llm_from_two_threads_gives_each_caller_its_own_output(llm):
         for t in threads:
             t.join()
         assert [results[i] for i in range(len(prompts))] == alone
+
+
+def test_the_same_prompt_sampled_many_times_in_one_run_gives_independent_samples(llm):
+    """600 copies of one prompt in one call: their first tokens follow the target's distribution (not one
+    sample copied 600 times), the run is reproducible from the engine's seed, and another seed differs."""
+    from tests.test_verifier import ALPHA, _pvalue
+
+    sampling = SamplingParams(1.0, top_k=20, seed=0)
+    variant = llm.variant("ngram", sampling=sampling, max_batch_size=16)
+    prompt = variant.encode(OPEN_ENDED[1])
+    first = [c.token_ids[0] for c in variant.generate_ids([prompt] * 600, 1)]
+    with torch.inference_mode():
+        cache = llm.model.new_cache(1, len(prompt) + 1)
+        logits = llm.model(torch.tensor([prompt]), torch.arange(len(prompt))[None], cache, slice(0, 1))
+    probs = target_probs(logits[:, -1:], [sampling])[0, 0]
+    pvalue = _pvalue(torch.tensor(first), probs)
+    assert pvalue > ALPHA, f"p={pvalue:.2e}: {len(set(first))} distinct first tokens"
+    assert [c.token_ids[0] for c in variant.generate_ids([prompt] * 600, 1)] == first  # same engine seed
+    reseeded = llm.variant("ngram", sampling=SamplingParams(1.0, top_k=20, seed=1), max_batch_size=16)
+    assert [c.token_ids[0] for c in reseeded.generate_ids([prompt] * 600, 1)] != first
+    longer = variant.generate_ids([prompt] * 32, 8)
+    assert len({tuple(c.token_ids) for c in longer}) >= 28  # whole samples differ too

@@ -199,6 +199,8 @@ def test_prompts_file_lines_split_on_newlines_only(tmp_path):
     ('{"messages": [{"content": "a"}]}', f'messages[0] has no "role"; each message is {MESSAGE}'),
     ('{"messages": [{"role": "user"}]}', f'messages[0] has no "content"; each message is {MESSAGE}'),
     ('{"messages": [{"role": "user", "content": ["a"]}]}', 'messages[0]["content"] must be a string, got a list'),
+    ('{"prompt": "a\\ud800b"}', '"prompt" holds a lone UTF-16 surrogate (U+D800) at character 1: send valid Unicode'),
+    ('{"messages": [{"role": "user", "content": "\\udc00"}]}', 'messages[0]["content"] holds a lone UTF-16 surrogate'),
 ])
 def test_prompt_schema_errors_say_what_is_wrong(line, message):
     with pytest.raises(SpecplugError) as info:
@@ -206,6 +208,18 @@ def test_prompt_schema_errors_say_what_is_wrong(line, message):
     text = str(info.value)
     assert text.startswith(f"p.jsonl:4: {message}"), text
     assert text.count("{") == text.count("}") and "\n" not in text
+
+
+@pytest.mark.parametrize("seed", ['"7"', "-1", "1.5", "true", str(2**63)])
+def test_a_prompt_lines_seed_must_be_an_integer_in_range(tmp_path, seed):
+    from specplug.prompts import read_prompt_lines
+
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "a"}\n{"prompt": "b", "seed": ' + seed + "}\n")
+    with pytest.raises(SpecplugError, match=r'p.jsonl:2: "seed" must be an integer from 0 to 9223372036854775807'):
+        read_prompt_lines(path)
+    path.write_text('{"prompt": "a"}\n{"prompt": "b", "seed": 3}\n')
+    assert [line.seed for line in read_prompt_lines(path)] == [None, 3]
 
 
 def test_valid_prompt_lines_still_parse():

@@ -202,16 +202,24 @@ def test_swap_during_a_stream_keeps_it_identical_to_plain(served, plain, llm):
     assert admin(base, {"serve": {"default_strategy": "ngram"}}).status_code == 200
 
 
-def test_broken_swaps_are_refused_and_the_old_strategy_keeps_serving(served):
+def test_broken_swaps_are_refused_and_the_old_strategy_keeps_serving(served, caplog):
+    import logging
+
     base = served[1]
+    refused = metric(base, "specplug:strategy_swaps_total", outcome="refused")
+    caplog.set_level(logging.ERROR, logger="specplug.server")
     for body, reason in [({"serve": {"strategies": {"bad": {"proposer": "nope"}}}}, "unknown proposer 'nope'"),
                          ({"proposer": {"name": "ngram", "max_m": 3}}, "has no option 'max_m'"),
                          ({"serve": {"default_strategy": "missing"}}, "not a configured strategy"),
                          ({"model": "other"}, "cannot change while serving"),
+                         ({"serve": {"drain_timeout_s": 5}}, "serve.drain_timeout_s cannot change while serving"),
+                         ({"serve": {"api_key": 12}}, "serve.api_key must be a non-empty string"),
                          ({"serve": {"strategies": {"wide": {"proposer": "ngram", "num_speculative_tokens": 9}}}},
                           "'wide' drafts up to 9 tokens; this engine was started for at most 4")]:
         response = admin(base, body)
         assert response.status_code == 400 and reason in response.json()["error"], (body, response.text)
+        assert reason in caplog.records[-1].getMessage()  # logged, as a refused file reload is
+    assert metric(base, "specplug:strategy_swaps_total", outcome="refused") == refused + 7
     assert served[0].default_strategy == "ngram"
     assert httpx.post(base + "/v1/completions", json={"prompt": "Hi", "max_tokens": 3}).status_code == 200
 
@@ -365,6 +373,8 @@ def test_serve_command_swaps_on_file_change_and_sighup_and_drains_on_sigterm(tmp
         assert wait_for(lambda: swaps("applied") == 1)
         config.write_text(yaml.safe_dump({**data, "proposer": {"name": "nope"}}))  # refused, logged; old one serves
         assert wait_for(lambda: swaps("refused") == 1)
+        config.write_text("proposer: {name: ngram\n")  # not even YAML: refused and counted the same way
+        assert wait_for(lambda: swaps("refused") == 2)
         data["serve"]["default_strategy"] = "ngram"
         config.write_text(yaml.safe_dump(data))
         assert wait_for(lambda: swaps("applied") == 2)
@@ -385,4 +395,5 @@ def test_serve_command_swaps_on_file_change_and_sighup_and_drains_on_sigterm(tmp
         if proc.poll() is None:
             proc.kill()
     log = proc.stdout.read()
-    assert "refused" in log and "unknown proposer 'nope'" in log and "Traceback" not in log, log
+    assert "refused" in log and "unknown proposer 'nope'" in log and "not valid YAML" in log, log
+    assert "Traceback" not in log, log

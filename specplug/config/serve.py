@@ -20,6 +20,8 @@ SERVE_DEFAULTS: dict[str, Any] = {
     "max_num_speculative_tokens": None,  # verify width bound for live swaps (default: the largest configured k)
     "drain_timeout_s": 30.0,  # on SIGTERM, how long in-flight requests may finish
     "sagemaker_stream": "jsonlines",  # /invocations streaming: jsonlines (LMI's default) or sse
+    "api_key": None,  # clients of the inference routes must send it as a bearer token (else SPECPLUG_API_KEY)
+    "max_request_bytes": 2_000_000,  # larger request bodies are refused with 413 before they are read (TGI's)
 }
 STRATEGY_KEYS = {"proposer": None, "num_speculative_tokens": None, "adaptive_k": None}
 
@@ -42,6 +44,8 @@ class ServeConfig:
     max_num_speculative_tokens: int = 1
     drain_timeout_s: float = 30.0
     sagemaker_stream: str = "jsonlines"
+    api_key: str | None = field(default=None, repr=False)  # a secret: never printed
+    max_request_bytes: int = 2_000_000
 
 
 def parse_serve(data: dict[str, Any], k: int) -> ServeConfig:
@@ -87,8 +91,14 @@ def parse_serve(data: dict[str, Any], k: int) -> ServeConfig:
             f"serve.sagemaker_stream must be jsonlines or sse (got {serve['sagemaker_stream']!r})")
     name = serve["served_model_name"]
     require(name is None or (isinstance(name, str) and name), "serve.served_model_name must be a non-empty string")
+    key = serve["api_key"]
+    require(key is None or (isinstance(key, str) and key.strip() and key.isprintable()),
+            "serve.api_key must be a non-empty string of printable characters (its value is not shown)")
+    limit = serve["max_request_bytes"]
+    require(integer(limit) and limit >= 1024,
+            f"serve.max_request_bytes must be an integer >= 1024 (got {limit!r})")
     return ServeConfig(serve["max_batch_size"], name, strategies, default, auto_strategy, float(explore), bound,
-                       float(drain), serve["sagemaker_stream"])
+                       float(drain), serve["sagemaker_stream"], key, limit)
 
 
 def strategy_config(where: str, entry: Any, k: int, adaptive_k: bool | str) -> StrategyConfig:
@@ -123,4 +133,5 @@ def serve_to_dict(serve: ServeConfig, top: PluginChoice, k: int, adaptive_k: boo
         "max_num_speculative_tokens": serve.max_num_speculative_tokens if serve.max_num_speculative_tokens > widest
         else None,
         "drain_timeout_s": serve.drain_timeout_s, "sagemaker_stream": serve.sagemaker_stream,
+        "api_key": serve.api_key, "max_request_bytes": serve.max_request_bytes,
     }

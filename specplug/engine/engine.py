@@ -23,13 +23,14 @@ from dataclasses import dataclass, field
 import torch
 
 from specplug.engine.batch import TokenLogprob, token_logprobs, verify_input
+from specplug.engine.faults import PluginFaults, fail_row, verify_each
 from specplug.engine.stopping import StopChecker
 from specplug.errors import SpecplugError
 from specplug.metadata import Draft, DraftRequest, SamplingParams, VerifyOutcome
 from specplug.models.llama import CompactLlama
 from specplug.models.runner import StepRunner
 from specplug.proposers.base import Proposer, check_drafts, next_draft_length
-from specplug.engine.strategy import Strategy
+from specplug.engine.strategy import Strategy, group_by_strategy, observe_step, plan_budgets, trim_drafts
 from specplug.sampling import make_generator, position_generator
 from specplug.verifiers.base import Verifier
 
@@ -68,7 +69,9 @@ class Row:
     strategy: Strategy
     k: int  # this row's current draft budget (changes with adaptive_k or the strategy's policy)
     stats: SequenceStats = field(default_factory=SequenceStats)
-    finish_reason: str | None = None
+    finish_reason: str | None = None  # "stop", "length", "abort" or "error"
+    error: str | None = None  # why the row failed (finish reason "error")
+    plain: bool = False  # its proposer failed: the row decodes without drafts to the end
 
     @property
     def num_generated(self) -> int:
@@ -79,7 +82,7 @@ class Row:
 class StepOutput:
     request_id: Hashable
     new_token_ids: list[int]
-    finish_reason: str | None  # "stop", "length" or None while running
+    finish_reason: str | None  # "stop", "length", "error" (see ``row.error``) or None while running
     row: Row
     num_draft: int = 0  # tokens the row drafted this step (0 at prefill)
     num_accepted: int = 0  # of this step's drafts, counted in new_token_ids
@@ -107,6 +110,7 @@ class Engine:
         self.eos_token_ids = frozenset(eos_token_ids)
         self.waiting: deque[Request] = deque()
         self.rows: list[Row] = []  # rows[i] lives in cache slot i
+        self.faults = PluginFaults()
 
     @property
     def proposer(self) -> Proposer:
@@ -145,7 +149,10 @@ class Engine:
     def _release(self, row: Row) -> None:
         """Free the row's slot, moving the last row into it so live slots stay packed."""
         self.cache.release(self.rows, row)
-        row.strategy.proposer.release(row.request.request_id)
+        try:
+            row.strategy.proposer.release(row.request.request_id)
+        except Exception as exc:
+            self.faults.record(row.strategy, "release", exc, [])
 
     # ---- one engine step ------------------------------------------------------------------------
     @torch.inference_mode()
@@ -182,71 +189,53 @@ class Engine:
         input_ids = torch.tensor([p + [0] * (longest - len(p)) for p in prompts], device=self.model.device)
         positions = torch.arange(longest, device=input_ids.device).expand(len(rows), -1)
         last = torch.tensor([[len(p) - 1] for p in prompts], device=input_ids.device)
-        logits = self.model(input_ids, positions, self.cache, slice(first, first + len(rows)), last, upto=longest)
+        try:
+            logits = self.model(input_ids, positions, self.cache, slice(first, first + len(rows)), last,
+                                upto=longest)
+        except Exception as exc:
+            return self._fail_all(rows, "the target's prefill", exc)
         for row, prompt in zip(rows, prompts):
             self.cache.lengths[row.slot] = len(prompt)
         return self._accept(rows, [Draft([]) for _ in rows], logits, prefill=True)
 
     def _speculative_step(self, rows: list[Row]) -> list[StepOutput]:
-        self._plan_budgets(rows)
+        groups = group_by_strategy(rows)
+        plan_budgets(groups, rows, self.max_k)
         started = time.perf_counter()
-        drafts = self._trim(rows, self._propose(rows))
+        drafts = trim_drafts(groups, rows, self._propose(groups, rows))
         proposed = time.perf_counter()
-        logits = self.runner.run([[row.token_ids[-1], *d.token_ids] for row, d in zip(rows, drafts)],
-                                 [self.cache.lengths[row.slot] for row in rows])
+        try:
+            logits = self.runner.run([[row.token_ids[-1], *d.token_ids] for row, d in zip(rows, drafts)],
+                                     [self.cache.lengths[row.slot] for row in rows])
+        except Exception as exc:
+            return self._fail_all(rows, "the target's forward", exc)
         outputs = self._accept(rows, drafts, logits, prefill=False)
-        self._observe(rows, drafts, outputs, logits.shape[1], time.perf_counter() - proposed, proposed - started)
+        observe_step(groups, rows, drafts, outputs, logits.shape[1], time.perf_counter() - proposed,
+                     proposed - started)
         return outputs
 
-    def _groups(self, rows: list[Row]) -> dict[Strategy, list[int]]:
-        """Row indices by strategy, in order of first appearance."""
-        groups: dict[Strategy, list[int]] = {}
-        for i, row in enumerate(rows):
-            groups.setdefault(row.strategy, []).append(i)
-        return groups
+    def _fail_all(self, rows: list[Row], what: str, exc: Exception) -> list[StepOutput]:
+        """A failure no row can be blamed for: every row of it ends with ``error`` (and is released)."""
+        for row in rows:
+            fail_row(row, what, exc)
+        return [StepOutput(row.request.request_id, [], row.finish_reason, row) for row in rows]
 
-    def _plan_budgets(self, rows: list[Row]) -> None:
-        """Let each policy-driven strategy (``auto``) set its rows' budgets for this step."""
-        groups = self._groups(rows)
-        fixed = [rows[i].k for s, idx in groups.items() if s.policy is None for i in idx]
-        floor_width = 1 + min(max(fixed, default=0), self.max_k)
-        for strategy, idx in groups.items():
-            if strategy.policy is not None:
-                budgets = strategy.policy.plan([rows[i] for i in idx], len(rows), floor_width)
-                for i, k in zip(idx, budgets):
-                    rows[i].k = k
-
-    def _propose(self, rows: list[Row]) -> list[Draft]:
+    def _propose(self, groups: dict[Strategy, list[int]], rows: list[Row]) -> list[Draft]:
         drafts: list[Draft] = [Draft([])] * len(rows)
-        for strategy, idx in self._groups(rows).items():
+        for strategy, idx in groups.items():
+            idx = [i for i in idx if not rows[i].plain]
             requests = [self._draft_request(rows[i]) for i in idx]
             if not any(r.max_draft_tokens for r in requests):
                 continue  # nothing to draft this step: a stateful proposer catches up next time
-            got = strategy.proposer.propose(requests)
-            check_drafts(strategy.proposer, requests, got, self.model.shape.vocab_size)
+            try:
+                got = strategy.proposer.propose(requests)
+                check_drafts(strategy.proposer, requests, got, self.model.shape.vocab_size)
+            except Exception as exc:  # a plugin fault: these rows go on without drafts
+                self.faults.record(strategy, "propose", exc, [rows[i] for i in idx])
+                continue
             for i, draft in zip(idx, got):
                 drafts[i] = draft
         return drafts
-
-    def _trim(self, rows: list[Row], drafts: list[Draft]) -> list[Draft]:
-        """Let each policy-driven strategy cut its rows' drafts, now that they are known."""
-        groups = self._groups(rows)
-        fixed = [len(drafts[i].token_ids) for s, idx in groups.items() if s.policy is None for i in idx]
-        for strategy, idx in groups.items():
-            if strategy.policy is not None:
-                keep = strategy.policy.trim([rows[i] for i in idx], [drafts[i] for i in idx], len(rows),
-                                            1 + max(fixed, default=0))
-                for i, n in zip(idx, keep):
-                    drafts[i] = drafts[i].cut(n)
-        return drafts
-
-    def _observe(self, rows: list[Row], drafts: list[Draft], outputs: list[StepOutput], width: int,
-                 target_seconds: float, propose_seconds: float) -> None:
-        for strategy, idx in self._groups(rows).items():
-            if strategy.policy is not None:
-                strategy.policy.observe([rows[i] for i in idx], [drafts[i] for i in idx],
-                                        [outputs[i].num_accepted for i in idx], len(rows), width,
-                                        target_seconds, propose_seconds)
 
     def _draft_request(self, row: Row) -> DraftRequest:
         remaining = row.request.max_new_tokens - row.num_generated
@@ -254,24 +243,29 @@ class Engine:
         return DraftRequest(row.request.request_id, row.token_ids, len(row.request.prompt_token_ids),
                             max(0, min(row.k, remaining - 1, room)), row.request.sampling)
 
+    def _verify(self, rows: list[Row], drafts: list[Draft], logits: torch.Tensor):
+        """Emitted tokens and accepted counts per row (a row whose own verification raises fails alone)."""
+        def batch(idx: list[int]):
+            return verify_input([drafts[i] for i in idx], logits[idx], [rows[i].request.sampling for i in idx],
+                                [self._generators(rows[i], logits.shape[1]) for i in idx])
+
+        return verify_each(self.verifier.verify, batch, rows)
+
     def _accept(self, rows: list[Row], drafts: list[Draft], logits: torch.Tensor,
                 prefill: bool) -> list[StepOutput]:
         """Verify ``drafts`` against ``logits`` [B, K + 1, V], extend the rows, roll back the cache."""
-        batch = verify_input(drafts, logits, [row.request.sampling for row in rows],
-                             [self._generators(row, logits.shape[1]) for row in rows])
-        result = self.verifier.verify(batch)
-        emitted_rows = result.output_token_ids.tolist()
+        emitted_rows, accepted_rows = self._verify(rows, drafts, logits)
         outcomes: dict[Strategy, list[VerifyOutcome]] = {}
         outputs = []
-        for i, (row, draft, emitted, accepted) in enumerate(
-                zip(rows, drafts, emitted_rows, result.num_accepted.tolist())):
+        for i, (row, draft, emitted, accepted) in enumerate(zip(rows, drafts, emitted_rows, accepted_rows)):
             emitted = emitted[: accepted + 1]
             if not prefill:
                 self.cache.lengths[row.slot] += 1 + accepted  # last token + accepted drafts
                 row.stats.verify_steps += 1
                 self._adapt_k(row, len(draft.token_ids), accepted)
-            outcomes.setdefault(row.strategy, []).append(
-                VerifyOutcome(row.request.request_id, len(draft.token_ids), accepted, tuple(emitted)))
+            if emitted and not row.plain:  # (a row that failed its verification emitted nothing)
+                outcomes.setdefault(row.strategy, []).append(
+                    VerifyOutcome(row.request.request_id, len(draft.token_ids), accepted, tuple(emitted)))
             out = self._extend(row, emitted)
             out.num_draft, out.num_accepted = len(draft.token_ids), min(accepted, len(out.new_token_ids))
             if row.request.logprobs is not None:
@@ -280,9 +274,16 @@ class Engine:
             row.stats.target_forwards += 1
             row.stats.draft_tokens += len(draft.token_ids)
             row.stats.accepted_tokens += out.num_accepted
-        for strategy, told in outcomes.items():
-            strategy.proposer.on_verified(told)
+        self._tell(outcomes, rows)
         return outputs
+
+    def _tell(self, outcomes: dict[Strategy, list[VerifyOutcome]], rows: list[Row]) -> None:
+        """Tell each proposer what was kept of its drafts."""
+        for strategy, told in outcomes.items():
+            try:
+                strategy.proposer.on_verified(told)
+            except Exception as exc:
+                self.faults.record(strategy, "on_verified", exc, [row for row in rows if row.strategy is strategy])
 
     def _generators(self, row: Row, width: int) -> list[torch.Generator]:
         if row.request.sampling.greedy:
@@ -300,14 +301,22 @@ class Engine:
         for token in emitted:
             new.append(token)
             row.token_ids.append(token)
-            if token in self.eos_token_ids or row.stopper.hit(row.token_ids, len(row.request.prompt_token_ids)):
-                row.finish_reason = "stop"
-            elif (row.num_generated >= row.request.max_new_tokens
-                  or len(row.token_ids) >= self.max_model_len):
-                row.finish_reason = "length"
+            row.finish_reason = self._finish(row, token)
             if row.finish_reason:
                 break
         return StepOutput(row.request.request_id, new, row.finish_reason, row)
+
+    def _finish(self, row: Row, token: int) -> str | None:
+        """Why ``row`` ends with ``token`` just appended (None: it goes on)."""
+        try:
+            if token in self.eos_token_ids or row.stopper.hit(row.token_ids, len(row.request.prompt_token_ids)):
+                return "stop"
+        except Exception as exc:
+            fail_row(row, "the stop-string check", exc)
+            return "error"
+        if row.num_generated >= row.request.max_new_tokens or len(row.token_ids) >= self.max_model_len:
+            return "length"
+        return None
 
     # ---- convenience ----------------------------------------------------------------------------
     def run(self, requests: Sequence[Request]) -> Iterator[StepOutput]:

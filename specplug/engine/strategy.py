@@ -38,3 +38,44 @@ class Strategy:
 
     def __repr__(self) -> str:
         return f"Strategy({self.name!r}, k={self.k})"
+
+
+def group_by_strategy(rows: list) -> dict[Strategy, list[int]]:
+    """Row indices by strategy, in order of first appearance (a strategy's rows are proposed for together)."""
+    groups: dict[Strategy, list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(row.strategy, []).append(i)
+    return groups
+
+
+def plan_budgets(groups: dict[Strategy, list[int]], rows: list, max_k: int) -> None:
+    """Let each policy-driven strategy (``auto``) set its rows' budgets (``row.k``) for this step."""
+    fixed = [rows[i].k for s, idx in groups.items() if s.policy is None for i in idx]
+    floor_width = 1 + min(max(fixed, default=0), max_k)
+    for strategy, idx in groups.items():
+        if strategy.policy is not None:
+            budgets = strategy.policy.plan([rows[i] for i in idx], len(rows), floor_width)
+            for i, k in zip(idx, budgets):
+                rows[i].k = k
+
+
+def trim_drafts(groups: dict[Strategy, list[int]], rows: list, drafts: list) -> list:
+    """Let each policy-driven strategy cut its rows' drafts, now that they are known."""
+    fixed = [len(drafts[i].token_ids) for s, idx in groups.items() if s.policy is None for i in idx]
+    for strategy, idx in groups.items():
+        if strategy.policy is not None:
+            keep = strategy.policy.trim([rows[i] for i in idx], [drafts[i] for i in idx], len(rows),
+                                        1 + max(fixed, default=0))
+            for i, n in zip(idx, keep):
+                drafts[i] = drafts[i].cut(n)
+    return drafts
+
+
+def observe_step(groups: dict[Strategy, list[int]], rows: list, drafts: list, outputs: list, width: int,
+                 target_seconds: float, propose_seconds: float) -> None:
+    """Tell each policy what its rows' drafts cost and how much of them was accepted."""
+    for strategy, idx in groups.items():
+        if strategy.policy is not None:
+            strategy.policy.observe([rows[i] for i in idx], [drafts[i] for i in idx],
+                                    [outputs[i].num_accepted for i in idx], len(rows), width,
+                                    target_seconds, propose_seconds)

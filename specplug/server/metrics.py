@@ -40,6 +40,9 @@ class Metrics:
         self.auto_k = Counter(p + "auto_draft_tokens_chosen", "Row-steps by the draft budget auto chose",
                               ["k"], registry=r)
         self.swaps = Counter(p + "strategy_swaps", "Default strategy swaps by outcome", ["outcome"], registry=r)
+        self.proposer_faults = Counter(p + "proposer_faults",
+                                       "Proposer failures (their rows went on without drafts) by strategy and stage",
+                                       ["strategy", "stage"], registry=r)
         self.last_seen: dict[Hashable, float] = {}  # request id -> when it was submitted or last gave tokens
 
     def exposition(self) -> bytes:
@@ -49,17 +52,25 @@ class Metrics:
         self.last_seen[request.request_id] = time.perf_counter()
         self.prompt_tokens.inc(len(request.prompt_token_ids))
 
-    def aborted(self, request_id: Hashable) -> None:
+    def aborted(self, request_id: Hashable, reason: str = "abort") -> None:
+        """A request ended outside a step: the client left ("abort"), or the engine failed ("error")."""
         self.last_seen.pop(request_id, None)
-        self.finished.labels("abort").inc()
+        self.finished.labels(reason).inc()
 
     def stepped(self, engine, outputs: list, seconds: float) -> None:
         """Called on the engine thread after each step with that step's outputs."""
         now = time.perf_counter()
         for out in outputs:
             self._row(out, now)
+        self.gauges(engine)
+
+    def gauges(self, engine) -> None:
         self.running.set(len(engine.rows))
         self.waiting.set(len(engine.waiting))
+
+    def faulted(self, faults: list) -> None:
+        for fault in faults:
+            self.proposer_faults.labels(fault.strategy, fault.stage).inc()
 
     def _row(self, out, now: float) -> None:
         strategy = out.row.strategy

@@ -11,16 +11,16 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from specplug.engine.batch import TokenLogprob
-from specplug.server.protocol import ApiError, make_job, refuse_unsupported, sse, token_text
+from specplug.server.protocol import ApiError, make_job, refuse_unsupported, require_api_key, sse, token_text
 from specplug.server.state import Server
 from specplug.server.worker import Chunk, Job, Result
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(require_api_key)])  # every /v1 route, as vLLM's --api-key
 UNSUPPORTED = {"n": 1, "best_of": 1, "echo": False, "presence_penalty": 0.0, "frequency_penalty": 0.0,
                "suffix": None, "tools": None, "logit_bias": None}
 
@@ -89,7 +89,7 @@ async def models(request: Request) -> dict:
 async def completions(body: CompletionRequest, request: Request):
     server: Server = request.app.state.server
     refuse_unsupported(body.model_dump(), UNSUPPORTED)
-    job = _job(server, _completion_prompt(body.prompt), body, body.max_tokens, body.logprobs)
+    job = await _job(server, _completion_prompt(body.prompt), body, body.max_tokens, body.logprobs)
     reply = Reply(server, body, "cmpl", "text_completion", job)
     if body.stream:
         return _streaming(reply.stream(server.worker.stream(job)))
@@ -111,7 +111,7 @@ async def chat_completions(body: ChatRequest, request: Request):
     if body.top_logprobs and not body.logprobs:
         raise ApiError("top_logprobs needs logprobs: true", param="top_logprobs")
     limit = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-    job = _job(server, messages, body, limit, top)
+    job = await _job(server, messages, body, limit, top)
     reply = Reply(server, body, "chatcmpl", "chat.completion", job)
     if body.stream:
         return _streaming(reply.stream(server.worker.stream(job)))
@@ -127,8 +127,8 @@ def _completion_prompt(prompt) -> Any:
     return prompt  # text, or token ids
 
 
-def _job(server: Server, prompt, body: Common, max_tokens: int | None, logprobs: int | None) -> Job:
-    return make_job(server, prompt, 16 if max_tokens is None and isinstance(body, CompletionRequest) else max_tokens,
+async def _job(server: Server, prompt, body: Common, max_tokens: int | None, logprobs: int | None) -> Job:
+    return await make_job(server, prompt, 16 if max_tokens is None and isinstance(body, CompletionRequest) else max_tokens,
                     temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, seed=body.seed,
                     stop=body.stop, strategy=body.strategy, logprobs=logprobs)
 

@@ -3,14 +3,18 @@ streaming bodies (Server-Sent Events or JSON lines)."""
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from fastapi import Request
+
 from specplug.config import MAX_SAMPLING_SEED
 from specplug.errors import SpecplugError
 from specplug.metadata import SamplingParams
-from specplug.prompts import Prompt, encode_prompt
+from specplug.prompts import Prompt, check_text, encode_prompt
 from specplug.server.state import Server
 from specplug.server.worker import Job
 
@@ -23,18 +27,41 @@ class ApiError(Exception):
         self.message, self.status, self.param = message, status, param
 
 
-def make_job(server: Server, prompt: Prompt | list[int], max_new_tokens: int | None, *,
-             temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
-             seed: int | None = None, stop: str | Sequence[str] | None = None, strategy: str | None = None,
-             logprobs: int | None = None, max_tokens_param: str = "max_tokens") -> Job:
+def bearer_matches(request: Request, secret: str) -> bool:
+    """Whether the request's ``Authorization: Bearer ...`` is ``secret`` (compared in constant time)."""
+    given = request.headers.get("authorization", "")
+    return hmac.compare_digest(given.encode(), f"Bearer {secret}".encode())
+
+
+def require_api_key(request: Request) -> None:
+    """The inference routes' dependency: 401 unless the server is open or the client sent its API key."""
+    key = request.app.state.server.api_key
+    if key is not None and not bearer_matches(request, key):
+        raise ApiError("missing or wrong API key: send 'Authorization: Bearer <key>' (the OpenAI client's "
+                       "api_key, huggingface_hub's token)", status=401)
+
+
+async def make_job(server: Server, prompt: Prompt | list[int], max_new_tokens: int | None, **fields) -> Job:
+    """A ``Job`` from protocol-neutral fields (see ``job``), made off the event loop: tokenizing a long
+    prompt never stalls the other clients."""
+    return await asyncio.to_thread(job, server, prompt, max_new_tokens, **fields)
+
+
+def job(server: Server, prompt: Prompt | list[int], max_new_tokens: int | None, *,
+        temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
+        seed: int | None = None, stop: str | Sequence[str] | None = None, strategy: str | None = None,
+        logprobs: int | None = None, max_tokens_param: str = "max_tokens") -> Job:
     """A ``Job`` from protocol-neutral fields; ``None`` means the config's default."""
     config = server.config
     try:
-        tokenizer = server.llm.tokenizer
-        prompt_ids = _token_ids(server, prompt) if _is_token_ids(prompt) else encode_prompt(tokenizer, prompt)
         chosen = server.strategy(strategy)
     except SpecplugError as exc:
-        raise ApiError(str(exc), param="strategy" if "strategy" in str(exc) else "prompt") from None
+        raise ApiError(str(exc), param="strategy") from None
+    stops = _stops(stop, config.stop)
+    try:
+        prompt_ids = _token_ids(server, prompt) if _is_token_ids(prompt) else _encode(server, prompt)
+    except SpecplugError as exc:
+        raise ApiError(str(exc), param="prompt") from None
     if not prompt_ids:
         raise ApiError("the prompt is empty: send at least one token of text", param="prompt")
     context = server.llm.engine.max_model_len
@@ -51,8 +78,16 @@ def make_job(server: Server, prompt: Prompt | list[int], max_new_tokens: int | N
     if not params.greedy and not server.can_sample:
         raise ApiError(f"this server's verifier ('{config.verifier.name}') cannot sample: send temperature 0, "
                        "or serve with verifier rejection", param="temperature")
-    return Job(prompt_ids, wanted, params,
-               _stops(stop, config.stop), chosen, logprobs)
+    return Job(prompt_ids, wanted, params, stops, chosen, logprobs)
+
+
+def _encode(server: Server, prompt: Prompt) -> list[int]:
+    if isinstance(prompt, str):
+        check_text(prompt, "the prompt")
+    else:
+        for i, message in enumerate(prompt):
+            check_text(message["content"], f"messages[{i}].content")
+    return encode_prompt(server.llm.tokenizer, prompt)
 
 
 def _is_token_ids(prompt) -> bool:
@@ -90,6 +125,11 @@ def _stops(stop: str | Sequence[str] | None, default: tuple[str, ...]) -> tuple[
     stops = (stop,) if isinstance(stop, str) else tuple(stop)
     if len(stops) > 16:
         raise ApiError(f"at most 16 stop strings (got {len(stops)})", param="stop")
+    for i, text in enumerate(stops):
+        try:
+            check_text(text, f"stop[{i}]")
+        except SpecplugError as exc:
+            raise ApiError(str(exc), param="stop") from None
     return tuple(s for s in stops if s)
 
 

@@ -8,7 +8,9 @@ they started with. Anything that needs a new engine (model, dtype, batch size...
 from __future__ import annotations
 
 import logging
+import os
 import threading
+from typing import NoReturn
 
 from specplug.config import Config, load_config, with_overrides
 from specplug.engine.strategy import Strategy
@@ -22,13 +24,16 @@ logger = logging.getLogger("specplug.server")
 # keys a running server cannot change: they shape the engine it built at start
 FIXED_KEYS = ("model", "dtype", "device", "max_model_len", "threads", "linear_kernel", "enforce_eager", "compile",
               "verifier")
+FIXED_SERVE_KEYS = ("max_batch_size", "drain_timeout_s")  # the engine's rows; uvicorn's shutdown, set at start
+API_KEY_ENV = "SPECPLUG_API_KEY"
 
 
 class Server:
-    def __init__(self, config: Config, config_path: str | None = None, overrides: list[str] | None = None):
+    def __init__(self, config: Config, config_path: str | None = None, overrides: list[str] | None = None,
+                 registry=None):
         self.config_path, self.overrides = config_path, list(overrides or [])
         serve = config.serve
-        self.llm = LLM(config, max_batch_size=serve.max_batch_size,
+        self.llm = LLM(config, registry, max_batch_size=serve.max_batch_size,
                        max_speculative_tokens=serve.max_num_speculative_tokens)
         self.metrics = Metrics()
         self.config = config
@@ -45,6 +50,11 @@ class Server:
     def can_sample(self) -> bool:
         capabilities = self.llm.registry.get("verifier", self.config.verifier.name).capabilities
         return getattr(capabilities, "sampling", True)
+
+    @property
+    def api_key(self) -> str | None:
+        """The bearer token the inference routes require (None: open): serve.api_key, else $SPECPLUG_API_KEY."""
+        return self.config.serve.api_key or os.environ.get(API_KEY_ENV) or None
 
     @property
     def default_strategy(self) -> str:
@@ -85,9 +95,7 @@ class Server:
                 self._check_fixed(config)
                 table = self._build(config)
             except SpecplugError as exc:
-                self.metrics.swaps.labels("refused").inc()
-                raise ConfigError(f"config from {config.source} refused, the current one keeps serving: {exc}") \
-                    from None
+                self._refuse(config.source, exc)
             default = table[config.serve.default_strategy]
             self.config, self.strategies = config, table
             self.worker.call(lambda: setattr(self.llm.engine, "strategy", default))
@@ -96,17 +104,34 @@ class Server:
 
     def _check_fixed(self, config: Config) -> None:
         changed = [key for key in FIXED_KEYS if getattr(config, key) != getattr(self.config, key)]
-        if config.serve.max_batch_size != self.config.serve.max_batch_size:
-            changed.append("serve.max_batch_size")
+        changed += [f"serve.{key}" for key in FIXED_SERVE_KEYS
+                    if getattr(config.serve, key) != getattr(self.config.serve, key)]
         if changed:
             raise ConfigError(f"{', '.join(changed)} cannot change while serving: restart the server")
 
     def reload(self) -> None:
         """Re-read the config file (SIGHUP or a change on disk)."""
         if self.config_path is None:
-            raise ConfigError("the server was started without --config: nothing to reload")
-        self.swap(load_config(self.config_path, self.overrides))
+            logger.warning("specplug: the server was started without --config: nothing to reload")
+            return
+        try:
+            config = load_config(self.config_path, self.overrides)
+        except SpecplugError as exc:  # unreadable, not YAML, or invalid
+            self._refuse(self.config_path, exc)
+        self.swap(config)
 
     def apply(self, overrides: dict) -> None:
         """``POST /admin/config``: a mapping of config keys merged over the live config."""
-        self.swap(with_overrides(self.config, overrides, source="POST /admin/config"))
+        source = "POST /admin/config"
+        try:
+            config = with_overrides(self.config, overrides, source=source)
+        except SpecplugError as exc:
+            self._refuse(source, exc)
+        self.swap(config)
+
+    def _refuse(self, source: str, exc: SpecplugError) -> NoReturn:
+        """Count, log and raise a refused config change; the current config keeps serving."""
+        message = f"config from {source} refused, the current one keeps serving: {exc}"
+        self.metrics.swaps.labels("refused").inc()
+        logger.error("specplug: %s", message)
+        raise ConfigError(message) from None

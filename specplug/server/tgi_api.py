@@ -11,15 +11,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from specplug.server.protocol import json_lines, make_job, refuse_unsupported, sse, token_text
+from specplug.server.protocol import json_lines, make_job, refuse_unsupported, require_api_key, sse, token_text
 from specplug.server.state import Server
 from specplug.server.worker import Chunk, Job, Result
 
 router = APIRouter()
+GUARDED = [Depends(require_api_key)]  # the generating routes; /info and /ping stay open
 # sent (as null or default) by huggingface_hub's InferenceClient; refused when set to anything else
 UNSUPPORTED = {"adapter_id": None, "best_of": 1, "decoder_input_details": False, "frequency_penalty": None,
                "grammar": None, "repetition_penalty": None, "top_n_tokens": None, "truncate": None,
@@ -58,7 +59,7 @@ class GenerateRequest(BaseModel):
     stream: bool = False
 
 
-def _job(server: Server, body: GenerateRequest) -> Job:
+async def _job(server: Server, body: GenerateRequest) -> Job:
     p = body.parameters
     refuse_unsupported(p.model_dump(), UNSUPPORTED)
     temperature = p.temperature
@@ -67,7 +68,7 @@ def _job(server: Server, body: GenerateRequest) -> Job:
     elif p.do_sample and temperature is None:
         temperature = 1.0
     stop = (p.stop or []) + (p.stop_sequences or [])
-    return make_job(server, body.inputs, p.max_new_tokens, temperature=temperature, top_p=p.top_p, top_k=p.top_k,
+    return await make_job(server, body.inputs, p.max_new_tokens, temperature=temperature, top_p=p.top_p, top_k=p.top_k,
                     seed=p.seed, stop=stop if stop else None, strategy=p.strategy, logprobs=0,
                     max_tokens_param="max_new_tokens")
 
@@ -127,10 +128,10 @@ async def info(request: Request) -> dict:
             "version": "0.1.0"}
 
 
-@router.post("/generate")
+@router.post("/generate", dependencies=GUARDED)
 async def generate(body: GenerateRequest, request: Request):
     server: Server = request.app.state.server
-    job = _job(server, body)
+    job = await _job(server, body)
     result = await server.worker.collect(job)
     tokens = Tokens(server, body, job, "logprob")
     reply: dict[str, Any] = {"generated_text": tokens.text(result.token_ids)}
@@ -139,15 +140,15 @@ async def generate(body: GenerateRequest, request: Request):
     return reply
 
 
-@router.post("/generate_stream")
+@router.post("/generate_stream", dependencies=GUARDED)
 async def generate_stream(body: GenerateRequest, request: Request):
     server: Server = request.app.state.server
-    job = _job(server, body)
+    job = await _job(server, body)
     events = Tokens(server, body, job, "logprob").events(server.worker.stream(job))
     return StreamingResponse(sse(events), media_type="text/event-stream")
 
 
-@router.post("/")
+@router.post("/", dependencies=GUARDED)
 async def compat(body: GenerateRequest, request: Request):
     """TGI's route for ``huggingface_hub.InferenceClient``: ``stream`` picks the answer's form."""
     if body.stream:
@@ -161,10 +162,10 @@ async def ping(request: Request) -> Response:
     return Response(status_code=200)
 
 
-@router.post("/invocations")
+@router.post("/invocations", dependencies=GUARDED)
 async def invocations(body: GenerateRequest, request: Request):
     server: Server = request.app.state.server
-    job = _job(server, body)
+    job = await _job(server, body)
     tokens = Tokens(server, body, job, "log_prob")
     if body.stream:
         events = tokens.events(server.worker.stream(job))

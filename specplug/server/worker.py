@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import queue
 import threading
 import time
@@ -18,11 +19,14 @@ from dataclasses import dataclass, field
 
 from specplug.engine.batch import TokenLogprob
 from specplug.engine.engine import Engine, Request, StepOutput
+from specplug.engine.faults import cause
 from specplug.engine.strategy import Strategy
 from specplug.errors import SpecplugError
 from specplug.metadata import SamplingParams
 from specplug.server.metrics import Metrics
 from specplug.engine.text import TextStream
+
+logger = logging.getLogger("specplug.server")
 
 
 @dataclass
@@ -138,6 +142,7 @@ class EngineWorker:
         while not self.stopping:
             while not self.commands.empty():
                 self.commands.get()()
+            self.metrics.gauges(self.engine)
             if not self.engine.has_unfinished():
                 self.wake.wait(0.5)
                 self.wake.clear()
@@ -148,21 +153,29 @@ class EngineWorker:
         started = time.perf_counter()
         try:
             outputs = self.engine.step()
-        except Exception as exc:  # a plugin failed: fail the requests in flight, keep serving
+        except Exception as exc:  # not attributable to a row or a plugin (the engine fails those alone)
             self._fail_all(exc)
             return
         self.metrics.stepped(self.engine, outputs, time.perf_counter() - started)
+        self.metrics.faulted(self.engine.faults.take())
         for out in outputs:
             sink = self.sinks.get(out.request_id)
             if sink is None:
                 continue
             if out.finish_reason is not None:
                 del self.sinks[out.request_id]
-            sink(out)
+            sink(out if out.finish_reason != "error" else SpecplugError(f"the request failed: {out.row.error}"))
 
     def _fail_all(self, exc: Exception) -> None:
-        error = SpecplugError(f"the engine failed ({type(exc).__name__}: {exc}); the request was dropped")
+        """Fail every request in flight and leave the engine empty and clean for the next ones."""
+        logger.error("specplug: an engine step failed (%s); %d requests in flight were dropped", cause(exc),
+                     len(self.sinks))
+        error = SpecplugError(f"the engine failed ({cause(exc)}); the request was dropped")
         for request_id, sink in list(self.sinks.items()):
             self.engine.abort(request_id)
+            self.metrics.aborted(request_id, "error")
             sink(error)
         self.sinks.clear()
+        self.engine.waiting.clear()
+        for row in list(self.engine.rows):  # rows without a sink (none expected)
+            self.engine.abort(row.request.request_id)
