@@ -178,3 +178,23 @@ def test_release_failure_is_counted_but_frees_the_slot(tiny_model):
     torch.manual_seed(0)
     run(engine, [Request(0, PROMPTS[0], 5), Request(1, PROMPTS[1], 5)])
     assert engine.faults.counts[(engine.strategy.name, "release")] == 2 and not engine.rows
+
+
+def test_auto_beside_a_wider_strategy_and_a_policy_that_raises(tiny_model, expected):
+    """auto (k 3) next to rows of a k 5 strategy chooses within its own widths; a policy that raises
+    leaves its rows decoding plainly."""
+    from specplug.engine.auto import AutoDraftLength
+
+    class Broken(AutoDraftLength):
+        def plan(self, rows, batch_size, floor_width):
+            raise ZeroDivisionError("no estimate")
+
+    prior = {1: 1.0, 8: 1.2, 64: 4.0}
+    engine = Engine(tiny_model, None, NoProposer(), RejectionSampler(), 5, 6, max_model_len=128)
+    wide = Strategy("wide", NgramProposer(), 5)
+    auto = Strategy("auto", NgramProposer(), 3, policy=AutoDraftLength(3, prior, explore=0.0))
+    broken = Strategy("broken", NgramProposer(), 3, policy=Broken(3, prior))
+    chosen = [wide, auto, broken]
+    results = run(engine, [Request(i, p, n, strategy=chosen[i % 3]) for i, (p, n) in enumerate(zip(PROMPTS, LENGTHS))])
+    assert {i: r[1] for i, r in results.items()} == dict(enumerate(expected))
+    assert engine.faults.counts == {("broken", "policy"): 1}  # once: then its rows decode plainly

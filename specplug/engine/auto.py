@@ -136,7 +136,7 @@ class AutoDraftLength:
         if self.confident:
             return [self.k] * len(rows)  # ``trim`` chooses, once the drafts and their confidences are known
         rates = [self.rate(row) for row in rows]
-        width = self._choose(floor_width, self.k + 1,
+        width = self._choose(min(floor_width, self.k + 1), self.k + 1,
                              lambda w: self._throughput(rates, batch_size, w, self.propose_seconds))
         self.chosen[width - 1] += len(rows)
         return [width - 1] * len(rows)

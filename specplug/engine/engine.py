@@ -200,9 +200,9 @@ class Engine:
 
     def _speculative_step(self, rows: list[Row]) -> list[StepOutput]:
         groups = group_by_strategy(rows)
-        plan_budgets(groups, rows, self.max_k)
+        plan_budgets(groups, rows, self.max_k, self.faults)
         started = time.perf_counter()
-        drafts = trim_drafts(groups, rows, self._propose(groups, rows))
+        drafts = trim_drafts(groups, rows, self._propose(groups, rows), self.faults)
         proposed = time.perf_counter()
         try:
             logits = self.runner.run([[row.token_ids[-1], *d.token_ids] for row, d in zip(rows, drafts)],
@@ -211,7 +211,7 @@ class Engine:
             return self._fail_all(rows, "the target's forward", exc)
         outputs = self._accept(rows, drafts, logits, prefill=False)
         observe_step(groups, rows, drafts, outputs, logits.shape[1], time.perf_counter() - proposed,
-                     proposed - started)
+                     proposed - started, self.faults)
         return outputs
 
     def _fail_all(self, rows: list[Row], what: str, exc: Exception) -> list[StepOutput]:
@@ -223,7 +223,6 @@ class Engine:
     def _propose(self, groups: dict[Strategy, list[int]], rows: list[Row]) -> list[Draft]:
         drafts: list[Draft] = [Draft([])] * len(rows)
         for strategy, idx in groups.items():
-            idx = [i for i in idx if not rows[i].plain]
             requests = [self._draft_request(rows[i]) for i in idx]
             if not any(r.max_draft_tokens for r in requests):
                 continue  # nothing to draft this step: a stateful proposer catches up next time

@@ -1,7 +1,7 @@
 """When a plugin or one row fails during a step, only what caused it pays.
 
-- A proposer that raises (in ``propose``, ``on_verified`` or ``release``) or returns malformed drafts is a
-  plugin fault: its rows of that step continue with plain decoding, which is lossless. Each fault is
+- A proposer that raises (in ``propose``, ``on_verified`` or ``release``) or returns malformed drafts, or a
+  draft policy that raises, is a plugin fault: its rows of that step continue with plain decoding, which is lossless. Each fault is
   counted by strategy and stage; the first of each strategy is logged.
 - A row whose own verification or stop check raises fails alone (finish reason ``error``), with one
   logged line naming the request and the cause.
@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from specplug.metadata import VerifyInput, VerifyOutput
 
 logger = logging.getLogger("specplug.engine")
+WHERE = {"propose": "proposer.propose", "on_verified": "proposer.on_verified", "release": "proposer.release",
+         "policy": "its draft policy"}
 MAX_CAUSE = 300  # characters of an exception's message kept in a log line or an error
 
 
@@ -33,7 +35,7 @@ def cause(exc: BaseException) -> str:
 @dataclass(frozen=True)
 class Fault:
     strategy: str
-    stage: str  # "propose", "on_verified" or "release"
+    stage: str  # "propose", "on_verified", "release" or "policy" (the strategy's draft policy, auto)
     cause: str
 
 
@@ -54,9 +56,9 @@ class PluginFaults:
         self.pending.append(fault)
         if strategy not in self._logged:
             self._logged.add(strategy)
-            logger.error("specplug: proposer of strategy '%s' failed in %s (%s); its rows continue with plain "
-                         "decoding (logged once per strategy; counted in specplug:proposer_faults_total)",
-                         fault.strategy, stage, fault.cause)
+            logger.error("specplug: strategy '%s' failed in %s (%s); its rows continue with plain decoding "
+                         "(logged once per strategy; counted in specplug:proposer_faults_total)",
+                         fault.strategy, WHERE[stage], fault.cause)
 
     def take(self) -> list[Fault]:
         taken, self.pending = self.pending, []

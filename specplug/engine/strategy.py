@@ -41,41 +41,55 @@ class Strategy:
 
 
 def group_by_strategy(rows: list) -> dict[Strategy, list[int]]:
-    """Row indices by strategy, in order of first appearance (a strategy's rows are proposed for together)."""
+    """Row indices by strategy, in order of first appearance (a strategy's rows are proposed for together).
+    Rows whose strategy failed (``row.plain``) belong to none: nothing drafts for them any more."""
     groups: dict[Strategy, list[int]] = {}
     for i, row in enumerate(rows):
-        groups.setdefault(row.strategy, []).append(i)
+        if not row.plain:
+            groups.setdefault(row.strategy, []).append(i)
     return groups
 
 
-def plan_budgets(groups: dict[Strategy, list[int]], rows: list, max_k: int) -> None:
+def plan_budgets(groups: dict[Strategy, list[int]], rows: list, max_k: int, faults) -> None:
     """Let each policy-driven strategy (``auto``) set its rows' budgets (``row.k``) for this step."""
     fixed = [rows[i].k for s, idx in groups.items() if s.policy is None for i in idx]
     floor_width = 1 + min(max(fixed, default=0), max_k)
     for strategy, idx in groups.items():
         if strategy.policy is not None:
-            budgets = strategy.policy.plan([rows[i] for i in idx], len(rows), floor_width)
-            for i, k in zip(idx, budgets):
-                rows[i].k = k
+            mine = [rows[i] for i in idx]
+            try:
+                budgets = strategy.policy.plan(mine, len(rows), floor_width)
+            except Exception as exc:  # its rows decode plainly, as after a proposer fault
+                faults.record(strategy, "policy", exc, mine)
+                continue
+            for row, k in zip(mine, budgets):
+                row.k = k
 
 
-def trim_drafts(groups: dict[Strategy, list[int]], rows: list, drafts: list) -> list:
+def trim_drafts(groups: dict[Strategy, list[int]], rows: list, drafts: list, faults) -> list:
     """Let each policy-driven strategy cut its rows' drafts, now that they are known."""
     fixed = [len(drafts[i].token_ids) for s, idx in groups.items() if s.policy is None for i in idx]
     for strategy, idx in groups.items():
         if strategy.policy is not None:
-            keep = strategy.policy.trim([rows[i] for i in idx], [drafts[i] for i in idx], len(rows),
-                                        1 + max(fixed, default=0))
+            try:
+                keep = strategy.policy.trim([rows[i] for i in idx], [drafts[i] for i in idx], len(rows),
+                                            1 + max(fixed, default=0))
+            except Exception as exc:
+                faults.record(strategy, "policy", exc, [rows[i] for i in idx])
+                keep = [0] * len(idx)
             for i, n in zip(idx, keep):
                 drafts[i] = drafts[i].cut(n)
     return drafts
 
 
 def observe_step(groups: dict[Strategy, list[int]], rows: list, drafts: list, outputs: list, width: int,
-                 target_seconds: float, propose_seconds: float) -> None:
+                 target_seconds: float, propose_seconds: float, faults) -> None:
     """Tell each policy what its rows' drafts cost and how much of them was accepted."""
     for strategy, idx in groups.items():
         if strategy.policy is not None:
-            strategy.policy.observe([rows[i] for i in idx], [drafts[i] for i in idx],
-                                    [outputs[i].num_accepted for i in idx], len(rows), width,
-                                    target_seconds, propose_seconds)
+            try:
+                strategy.policy.observe([rows[i] for i in idx], [drafts[i] for i in idx],
+                                        [outputs[i].num_accepted for i in idx], len(rows), width,
+                                        target_seconds, propose_seconds)
+            except Exception as exc:
+                faults.record(strategy, "policy", exc, [rows[i] for i in idx])
