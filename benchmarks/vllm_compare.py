@@ -1,10 +1,10 @@
-"""vLLM plain, vLLM's built-in ngram, vLLM + specplug ngram and vLLM + specplug suffix, side by side
-in one run.
+"""vLLM plain, vLLM's built-in ngram, vLLM + specplug ngram, vLLM + specplug suffix and vLLM + specplug
+`auto` (ngram drafts, each row's width chosen from vLLM's measured step times), side by side in one run.
 
-The engines stay up together (an idle vLLM engine uses no CPU); each measurement runs the same
-requests on each engine in turn, and rounds repeat that, so drift in the machine's speed hits all
-alike. Batch 1 sends the requests one at a time; the full batch sends them all at once (the prompts
-file twice, up to max_num_seqs rows at a time). Prompts files run in the order given (repetitive
+The engines stay up together in one process (an idle vLLM engine uses no CPU); each measurement runs the
+same requests on each engine in turn, and rounds repeat that, so drift in the machine's speed hits all
+alike. Batch 1 sends the requests one at a time; the full batch sends at least twice max_num_seqs
+requests at once (the prompts file repeated), so every engine runs max_num_seqs rows at a time. Prompts files run in the order given (repetitive
 first: `suffix`'s cache, which lives as long as its engine, warms up as in production). Then the
 specplug ngram engine switches strategy through its config file and the worker's resident memory is
 read after each, for the memory table (`--no-memory` skips it).
@@ -12,6 +12,7 @@ read after each, for the memory table (`--no-memory` skips it).
     .venv/bin/python benchmarks/vllm_compare.py --rounds 2 > vllm-compare.json
     .venv/bin/python benchmarks/vllm_compare.py --rounds 1 --engines plain,specplug-ngram,specplug-suffix \
         --files repetitive,grounded,open_ended --no-memory
+    .venv/bin/python benchmarks/vllm_compare.py --max-num-seqs 16 --modes full --no-memory  # a second engine set
 """
 
 from __future__ import annotations
@@ -28,17 +29,19 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT_FILES = {name: ROOT / "benchmarks" / f"{name}.jsonl" for name in ("repetitive", "grounded", "open_ended")}
-MAX_NUM_SEQS = 8
 ENGINES = {"plain": "vLLM plain", "builtin-ngram": "vLLM ngram (built-in)",
-           "specplug-ngram": "vLLM + specplug ngram", "specplug-suffix": "vLLM + specplug suffix"}
+           "specplug-ngram": "vLLM + specplug ngram", "specplug-suffix": "vLLM + specplug suffix",
+           "specplug-auto": "vLLM + specplug auto", "specplug-none": "vLLM + specplug none"}
+SPECPLUG_CONFIGS = {"specplug-ngram": ("ngram.yaml", {}), "specplug-suffix": ("suffix.yaml", {}),
+                    "specplug-auto": ("ngram.yaml", {"adaptive_k": "auto"}), "specplug-none": ("none.yaml", {})}
 
 
-def engines(model_dir: str, k: int, config_dir: Path, chosen: list[str]):
-    """The chosen engines; each specplug one reads its own config file (configs/ngram.yaml with k, or
-    configs/suffix.yaml), whose k is vLLM's bound for it."""
+def engines(model_dir: str, k: int, config_dir: Path, chosen: list[str], max_num_seqs: int):
+    """The chosen engines; each specplug one reads its own config file (configs/ngram.yaml with k, with
+    adaptive_k auto for specplug-auto, or configs/suffix.yaml), whose k is vLLM's bound for it."""
     from vllm import LLM
 
-    common = dict(model=model_dir, dtype="float32", max_model_len=2048, max_num_seqs=MAX_NUM_SEQS,
+    common = dict(model=model_dir, dtype="float32", max_model_len=2048, max_num_seqs=max_num_seqs,
                   enforce_eager=True, disable_log_stats=False, seed=0)
     built = {}
     for name in chosen:
@@ -48,8 +51,9 @@ def engines(model_dir: str, k: int, config_dir: Path, chosen: list[str]):
             built[ENGINES[name]] = LLM(**common, speculative_config={
                 "method": "ngram", "num_speculative_tokens": k, "prompt_lookup_min": 1, "prompt_lookup_max": 4})
         else:
-            config = yaml.safe_load((ROOT / "configs" / f"{name.split('-')[1]}.yaml").read_text())
-            if name == "specplug-ngram":
+            file, changes = SPECPLUG_CONFIGS[name]
+            config = yaml.safe_load((ROOT / "configs" / file).read_text()) | changes
+            if file == "ngram.yaml":
                 config["num_speculative_tokens"] = k
             path = config_dir / f"{name}.yaml"
             path.write_text(yaml.safe_dump(config))
@@ -87,11 +91,13 @@ def worker_rss_mib() -> float:
     return max(p.memory_info().rss for p in workers) / 2**20 if workers else float("nan")
 
 
-def measure(llms, requests_by_file, rounds: int, max_tokens: int) -> list[dict]:
+def measure(llms, requests_by_file, rounds: int, max_tokens: int, modes: list[str], max_num_seqs: int) -> list[dict]:
     totals: dict[tuple, dict] = {}
     for _ in range(rounds):
         for file, prompts in requests_by_file.items():
-            for mode, requests, batch in (("batch 1", prompts, False), ("full batch", prompts * 2, True)):
+            full = prompts * -(-2 * max_num_seqs // len(prompts))  # at least twice the rows, all at once
+            runs = {"batch1": ("batch 1", prompts, False), "full": (f"full batch ({max_num_seqs} rows)", full, True)}
+            for mode, requests, batch in (runs[m] for m in modes):
                 reference = None
                 for label, llm in llms.items():
                     before = spec_counters(llm)
@@ -136,6 +142,9 @@ def main() -> None:
     parser.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated, from {', '.join(ENGINES)}")
     parser.add_argument("--files", default=",".join(PROMPT_FILES), help="comma-separated prompts files, in order")
     parser.add_argument("--no-memory", action="store_true", help="skip the worker memory table")
+    parser.add_argument("--max-num-seqs", type=int, default=8, help="vLLM's max_num_seqs: rows of the full batch")
+    parser.add_argument("--modes", default="batch1,full", help="comma-separated: batch1, full")
+    parser.add_argument("--repetitive-prompts", type=int, default=None, help="use the first N of repetitive.jsonl")
     args = parser.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from specplug.bench import machine_description
@@ -146,12 +155,14 @@ def main() -> None:
     tokenizer = load_tokenizer(model_dir)
     requests_by_file = {name: [encode_prompt(tokenizer, p) for p in read_prompts_file(PROMPT_FILES[name])]
                         for name in args.files.split(",")}
+    if args.repetitive_prompts and "repetitive" in requests_by_file:
+        requests_by_file["repetitive"] = requests_by_file["repetitive"][: args.repetitive_prompts]
     config_dir = Path(tempfile.mkdtemp())
     chosen = args.engines.split(",")
-    llms = engines(str(model_dir), args.k, config_dir, chosen)
-    rows = measure(llms, requests_by_file, args.rounds, args.max_tokens)
+    llms = engines(str(model_dir), args.k, config_dir, chosen, args.max_num_seqs)
+    rows = measure(llms, requests_by_file, args.rounds, args.max_tokens, args.modes.split(","), args.max_num_seqs)
     result = {"date": time.strftime("%Y-%m-%d"), "machine": machine_description(), "k": args.k,
-              "rounds": args.rounds, "max_tokens": args.max_tokens, "rows": rows}
+              "rounds": args.rounds, "max_tokens": args.max_tokens, "max_num_seqs": args.max_num_seqs, "rows": rows}
     if not args.no_memory and "specplug-ngram" in chosen:
         configs = {name: yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
                    for name in ("none", "ngram", "draft_model", "layerskip")}  # RSS only grows: each adds its part

@@ -12,11 +12,11 @@ from typing import Any
 
 import torch
 
-from specplug.config import Config, PluginChoice, load_config
+from specplug.config import Config, PluginChoice, StrategyConfig, load_config
 from specplug.errors import ConfigError, SpecplugError
-from specplug.engine.auto import AutoDraftLength
-from specplug.engine.engine import Engine, Request, Row, StepOutput
-from specplug.engine.strategy import Strategy
+from specplug.engine.engine import Engine, EngineRow, Request, StepOutput
+from specplug.hosting.auto import AutoDraftLength
+from specplug.hosting.strategy import Strategy
 from specplug.models.costs import cost_by_width
 from specplug.models.loader import (compact_from_hf, load_hf_model, load_tokenizer, parse_device, parse_dtype,
                                     resolve_model)
@@ -91,10 +91,20 @@ class LLM:
         self.engine.strategy.policy = self.draft_policy(config.num_speculative_tokens, config.adaptive_k)
 
     def make_strategy(self, name: str, choice: PluginChoice, k: int, adaptive_k: bool | str,
-                      explore: float | None = None) -> Strategy:
+                      explore: float | None = None, source: str = "direct") -> Strategy:
         """A strategy for this LLM's engine: a new proposer, its k and how its draft length moves."""
         return Strategy(name, self.make_proposer(choice, k), k, adaptive_k is True,
-                        self.draft_policy(k, adaptive_k, explore))
+                        self.draft_policy(k, adaptive_k, explore), source)
+
+    def strategy_maker(self, config: Config):
+        """``make`` for ``hosting.strategy.build_table``: the strategies of ``config`` on this engine."""
+        def make(name: str, entry: StrategyConfig) -> Strategy:
+            strategy = self.make_strategy(name, entry.proposer, entry.num_speculative_tokens, entry.adaptive_k,
+                                          config.serve.auto_explore, config.source)
+            self.engine.check_strategy(strategy)
+            return strategy
+
+        return make
 
     def draft_policy(self, k: int, adaptive_k: bool | str, explore: float | None = None) -> AutoDraftLength | None:
         """``adaptive_k: auto``'s policy (None otherwise); ``explore`` defaults to the config's serve.auto.explore."""
@@ -185,7 +195,7 @@ class LLM:
         for request in requests:
             self.engine.abort(request.request_id)
 
-    def completion(self, row: Row) -> Completion:
+    def completion(self, row: EngineRow) -> Completion:
         generated = row.token_ids[len(row.request.prompt_token_ids):]
         text = self.tokenizer.decode(generated, skip_special_tokens=True)
         if row.finish_reason == "stop":
@@ -193,7 +203,7 @@ class LLM:
         return Completion(row.request.request_id, text, generated, row.finish_reason or "length",
                           self.stats(row, len(generated)))
 
-    def stats(self, row: Row, generated: int) -> dict[str, Any]:
+    def stats(self, row: EngineRow, generated: int) -> dict[str, Any]:
         s = row.stats
         wall = max((s.finished or time.perf_counter()) - s.started, 1e-9)
         return {

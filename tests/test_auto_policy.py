@@ -7,15 +7,15 @@ import pytest
 import torch
 
 from specplug.config import load_config
-from specplug.engine.auto import AutoDraftLength, Calibration
+from specplug.hosting.auto import AutoDraftLength, Calibration
 from specplug.errors import ConfigError, SpecplugError
 from specplug.metadata import Draft, DraftRequest
 from specplug.proposers.base import check_drafts
 
 
-class Row:  # what the policy reads of an engine row
+class Row:  # what the policy reads of a host's row
     def __init__(self, request_id):
-        self.request = type("Request", (), {"request_id": request_id})()
+        self.seq_id = request_id
 
 
 def policy(costs_ms: dict[int, float], k: int = 8) -> AutoDraftLength:

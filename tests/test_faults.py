@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from specplug.engine.engine import Engine, Request
-from specplug.engine.strategy import Strategy
+from specplug.hosting.strategy import Strategy
 from specplug.metadata import Draft, SamplingParams
 from specplug.proposers.ngram import NgramProposer
 from specplug.proposers.none import NoProposer
@@ -183,7 +183,7 @@ def test_release_failure_is_counted_but_frees_the_slot(tiny_model):
 def test_auto_beside_a_wider_strategy_and_a_policy_that_raises(tiny_model, expected):
     """auto (k 3) next to rows of a k 5 strategy chooses within its own widths; a policy that raises
     leaves its rows decoding plainly."""
-    from specplug.engine.auto import AutoDraftLength
+    from specplug.hosting.auto import AutoDraftLength
 
     class Broken(AutoDraftLength):
         def plan(self, rows, batch_size, floor_width):

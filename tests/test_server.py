@@ -36,7 +36,12 @@ def free_port() -> int:
 def served():
     """A real server (ngram default, `none`, `big` and `auto` strategies) in a thread of this process."""
     os.environ[ADMIN_TOKEN_ENV] = TOKEN
-    server = Server(load_config("configs/ngram.yaml", STRATEGIES))
+    yield from serve_in_a_thread(Server(load_config("configs/ngram.yaml", STRATEGIES)))
+    del os.environ[ADMIN_TOKEN_ENV]
+
+
+def serve_in_a_thread(server: Server):
+    """Serve ``server`` with uvicorn on a free localhost port; yields (server, base URL), then stops it."""
     port = free_port()
     uv = uvicorn.Server(uvicorn.Config(create_app(server), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=uv.run, daemon=True)
@@ -46,7 +51,6 @@ def served():
     yield server, f"http://127.0.0.1:{port}"
     uv.should_exit = True
     thread.join(timeout=30)
-    del os.environ[ADMIN_TOKEN_ENV]
 
 
 @pytest.fixture(scope="module")

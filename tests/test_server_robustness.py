@@ -11,17 +11,16 @@ import time
 
 import httpx
 import pytest
-import uvicorn
 
 from specplug import hookimpl
 from specplug.config import load_config
 from specplug.plugins import load_registry, make_plugin_manager
 from specplug.proposers.ngram import NgramProposer
-from specplug.server.app import create_app, warn_if_exposed
+from specplug.server.app import warn_if_exposed
 from specplug.server.state import Server
 from specplug.verifiers.rejection import RejectionSampler
 from tests.prompts import GROUNDED, OPEN_ENDED
-from tests.test_server import as_text, free_port, metric
+from tests.test_server import as_text, metric, serve_in_a_thread
 
 pytestmark = pytest.mark.slow
 KEY = "sk-test-robustness"
@@ -68,16 +67,7 @@ def served():
     pm.register(FaultyPlugins())
     config = load_config("configs/ngram.yaml", ["serve.max_batch_size=6", "verifier.name=cursed",
                                                 "serve.strategies.flaky={proposer: flaky}", f"serve.api_key={KEY}"])
-    server = Server(config, registry=load_registry(pm))
-    port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(create_app(server), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    while not uv.started:
-        time.sleep(0.05)
-    yield server, f"http://127.0.0.1:{port}"
-    uv.should_exit = True
-    thread.join(timeout=30)
+    yield from serve_in_a_thread(Server(config, registry=load_registry(pm)))
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from specplug.errors import ConfigError, SpecplugError
 from specplug.metadata import Draft, DraftRequest, SamplingParams
 from specplug.models.loader import resolve_model
 from specplug_trtllm.logits import logits_to_probs, pad_logits, probs_to_logits
-from specplug_vllm.strategy import EngineShape
+from specplug.hosting.building import EngineShape
 
 MODEL = str(resolve_model("smollm2-135m"))
 SHAPE = EngineShape(4, 49152, 8, 512, MODEL, MODEL, "cpu")
@@ -170,7 +170,7 @@ def test_generation_requests_get_the_proposers_drafts_and_context_requests_none(
     direct = drafter.strategy.proposer.propose([DraftRequest(2, REPEATING, len(REPEATING), 3)])[0]
     assert running.py_draft_tokens == direct.token_ids == [8, 9, 5]
     assert running.py_draft_logits is None  # a deterministic draft: token-matched
-    assert prefill.py_draft_tokens == [] and 1 not in drafter.seen
+    assert prefill.py_draft_tokens == [] and drafter.rows.seen_length(1) is None
 
 
 def test_limits_remaining_tokens_and_the_current_draft_length(trt12, tmp_path):
@@ -193,8 +193,7 @@ def test_draft_probabilities_become_logits_that_round_trip(trt, tmp_path):
     cases = [(SamplingParams(0.7, 40, 1.0), True), (SamplingParams(0.0), False), (SamplingParams(0.7, 0, 0.9), False)]
     for sampling, keeps in cases:
         request = LlmRequest(9, [1, 2])
-        drafter.seen[9] = specplug_trtllm.drafter.Seen(3)
-        drafter._hand_over(request, DraftRequest(9, [1, 2], 2, 3, sampling), Draft([1, 2, 3], probs))
+        drafter._hand_over(request, sampling, Draft([1, 2, 3], probs))
         assert request.py_draft_tokens == [1, 2, 3]
         if not keeps:  # greedy, or top-p that TensorRT-LLM would apply a second time: verified one-hot
             assert request.py_draft_logits is None
@@ -221,7 +220,7 @@ def test_accepted_counts_reach_the_proposer_and_adaptive_k(trt, tmp_path):
     running.tokens += [8, 1]  # the first draft token accepted, then the target's own 1
     running.py_num_accepted_draft_tokens = 1
     drafter.prepare_draft_tokens(ScheduledRequests(generation=[running]))
-    assert drafter.seen[2].k == 2  # one fewer after a rejection
+    assert [row.k for row in drafter.rows.matcher.rows()] == [2]  # one fewer after a rejection
 
 
 def test_state_lives_while_scheduled_and_is_released_after(trt, tmp_path):
@@ -237,7 +236,7 @@ def test_state_lives_while_scheduled_and_is_released_after(trt, tmp_path):
         live = [r for r in live if rng.random() < 0.7][:8]  # finished requests leave the schedule
     drafter.prepare_draft_tokens(ScheduledRequests())
     proposer = drafter.strategy.proposer
-    assert drafter.seen == {} and proposer.rows == {}
+    assert drafter.rows.matcher.rows() == [] and proposer.rows == {}
     assert proposer.cache.num_tokens <= 2000 and proposer.drafts_from["global"] > 0
 
 
@@ -256,6 +255,33 @@ def test_a_config_swap_applies_and_a_broken_one_keeps_the_old_strategy(trt, tmp_
     running.tokens += [8]
     drafter.prepare_draft_tokens(ScheduledRequests(generation=[running]))
     assert drafter.strategy.name == "ngram" and running.py_draft_tokens
+
+
+def test_auto_times_tensorrt_llm_iterations_and_skips_those_with_context_requests(trt12, tmp_path):
+    """``auto`` runs here as inside vLLM: an iteration's time is the gap between two calls; where a wide
+    verify is dear and nothing is accepted it stops drafting. An iteration that also ran a context
+    request is not taken as a verify's cost."""
+    from specplug.hosting.clock import StepClock
+
+    path = write_config(tmp_path / "auto.yaml", proposer={"name": "ngram"}, num_speculative_tokens=3,
+                        adaptive_k="auto", serve={"auto": {"explore": 0.0}})
+    drafter, now = trt12(path, SHAPE), [0.0]
+    drafter.rows.clock = StepClock(lambda: now[0])
+    running, widths, observed = LlmRequest(2, REPEATING), [], []
+    policy = drafter.strategy.policy
+    real_observe = policy.observe
+    policy.observe = lambda rows, drafts, accepted, b, w, seconds, propose: (observed.append(seconds),
+                                                                             real_observe(rows, drafts, accepted, b,
+                                                                                          w, seconds, propose))
+    for step in range(30):
+        context = [LlmRequest(100 + step, [1, 2, 3])] if step == 10 else []
+        drafter.prepare_draft_tokens(ScheduledRequests(context, [running]))
+        widths.append(1 + len(running.py_draft_tokens))
+        now[0] += {1: 0.02, 2: 0.05, 3: 0.07, 4: 0.09}[widths[-1]] + (5.0 if context else 0.0)
+        running.tokens.append(1)  # every draft rejected
+    assert widths[-10:] == [1] * 10 and max(widths[:3]) > 1  # it tried, then stopped drafting
+    assert len(observed) == 28 and max(observed) < 1.0  # the first call and the context iteration not used
+    assert drafter.stats.of("ngram").auto_widths
 
 
 def test_the_drafter_pickles_for_worker_processes(trt, tmp_path):

@@ -38,8 +38,8 @@ def start_engine(model_dir: Path, speculative_config: dict | None):
                     enforce_eager=True, speculative_config=speculative_config, disable_log_stats=False, seed=0)
 
 
-def generate(llm, prompts: list[list[int]]) -> list[list[int]]:
-    params = vllm.SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0)
+def generate(llm, prompts: list[list[int]], params=None) -> list[list[int]]:
+    params = params or vllm.SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0)
     outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompts], params, use_tqdm=False)
     return [list(o.outputs[0].token_ids) for o in outputs]
 
@@ -117,21 +117,42 @@ def engine(model_dir, plain, phrases_site, tmp_path_factory):
 def same_as_plain(plain, prompts, request):
     """Assert outputs equal vLLM's plain ones, allowing a divergence only at a genuine near tie."""
 
-    def check(outputs: list[list[int]], label: str, reference: list[list[int]] | None = None) -> None:
-        reference = reference or plain
+    def check(outputs: list[list[int]], label: str, reference: list[list[int]] | None = None,
+              inputs: list[list[int]] | None = None) -> None:
+        reference, inputs = reference or plain, inputs or prompts
         assert len(outputs) == len(reference)
         for i, (ref, out) in enumerate(zip(reference, outputs)):
             if ref != out:
-                request.getfixturevalue("assert_same_greedy")(prompts[i % len(prompts)], ref, out,
+                request.getfixturevalue("assert_same_greedy")(inputs[i % len(inputs)], ref, out,
                                                               f"{label}, prompt {i}")
 
     return check
 
 
-def run_strategy(engine: SpecEngine, prompts, config: dict) -> tuple[list[list[int]], dict]:
+COUNTERS = ("num_drafts", "num_draft_tokens", "num_accepted_tokens")
+
+
+def counters(engine: SpecEngine, name: str) -> dict:
+    """The worker's cumulative counters of strategy ``name`` (zeros before it ever ran)."""
+    found = engine.stats()["strategies"].get(name, {})
+    return {key: found.get(key, 0) for key in COUNTERS} | {"auto_widths": found.get("auto_widths", {})}
+
+
+def widths_delta(before: dict, after: dict) -> dict[int, int]:
+    """Row-steps by the budget auto chose, between two readings."""
+    return {int(k): n - before["auto_widths"].get(k, 0) for k, n in after["auto_widths"].items()
+            if n - before["auto_widths"].get(k, 0)}
+
+
+def run_strategy(engine: SpecEngine, prompts, config: dict, name: str | None = None,
+                 params=None) -> tuple[list[list[int]], dict]:
+    """Outputs of ``prompts`` under ``config``, and what its default strategy (``name``) counted meanwhile."""
     engine.use(config)
-    outputs = generate(engine.llm, prompts)
-    return outputs, engine.stats()["current"]
+    name = name or config["proposer"]["name"]
+    before = counters(engine, name)
+    outputs = generate(engine.llm, prompts, params)
+    after = counters(engine, name)
+    return outputs, {key: after[key] - before[key] for key in COUNTERS} | {"widths": widths_delta(before, after)}
 
 
 def config_file(name: str) -> dict:
@@ -139,37 +160,36 @@ def config_file(name: str) -> dict:
 
 
 def test_ngram_in_vllm_equals_plain_vllm_and_drafts(engine, prompts, same_as_plain):
-    outputs, current = run_strategy(engine, prompts, config_file("ngram.yaml"))
+    outputs, ran = run_strategy(engine, prompts, config_file("ngram.yaml"))
     same_as_plain(outputs, "specplug ngram in vLLM")
-    assert current["proposer"] == "ngram" and current["k"] == 3
-    assert current["drafted"] > 0 and current["accepted"] > 0
+    assert engine.stats()["default"] == "ngram"
+    assert ran["num_draft_tokens"] > 0 and ran["num_accepted_tokens"] > 0
     metrics = {m.name: m for m in engine.llm.get_metrics()}  # vLLM's own spec-decode counters agree
     assert metrics["vllm:spec_decode_num_accepted_tokens"].value > 0
 
 
 def test_layerskip_in_vllm_equals_plain_vllm(engine, prompts, same_as_plain):
-    outputs, current = run_strategy(engine, prompts, config_file("layerskip.yaml"))
+    outputs, ran = run_strategy(engine, prompts, config_file("layerskip.yaml"))
     same_as_plain(outputs, "specplug layerskip in vLLM")
-    assert current["proposer"] == "layerskip" and current["drafted"] > 0
+    assert ran["num_draft_tokens"] > 0
     # the draft is vLLM's target with one attention skipped: it agrees with the target most of the time
-    assert current["accepted"] / current["drafted"] > 0.5, current
+    assert ran["num_accepted_tokens"] / ran["num_draft_tokens"] > 0.5, ran
 
 
 def test_draft_model_in_vllm_equals_plain_vllm(engine, prompts, same_as_plain, tmp_path):
     draft_dir = tmp_path / "draft"
     distill.make_draft(load_config(ROOT / "configs" / "draft_model.yaml"), draft_dir, num_layers=6, steps=0)
     config = config_file("draft_model.yaml") | {"proposer": {"name": "draft_model", "model": str(draft_dir)}}
-    outputs, current = run_strategy(engine, prompts, config)
+    outputs, ran = run_strategy(engine, prompts, config)
     same_as_plain(outputs, "specplug draft_model in vLLM")
-    assert current["proposer"] == "draft_model" and current["drafted"] > 0
+    assert ran["num_draft_tokens"] > 0
 
 
 def test_third_party_proposer_runs_in_vllm(engine, prompts, plain, same_as_plain, model_dir):
     phrase = load_tokenizer(model_dir).decode(plain[0][2:20])  # text the model does go on to write
-    outputs, current = run_strategy(engine, prompts, {"proposer": {"name": "phrases", "phrases": [phrase]}})
+    outputs, ran = run_strategy(engine, prompts, {"proposer": {"name": "phrases", "phrases": [phrase]}})
     same_as_plain(outputs, "third-party phrases in vLLM")
-    assert current["proposer"] == "phrases"
-    assert current["drafted"] > 0 and current["accepted"] > 0
+    assert ran["num_draft_tokens"] > 0 and ran["num_accepted_tokens"] > 0
 
 
 def test_strategy_swaps_mid_run_and_a_broken_config_keeps_the_old_one(engine, prompts, plain, same_as_plain):
@@ -178,17 +198,18 @@ def test_strategy_swaps_mid_run_and_a_broken_config_keeps_the_old_one(engine, pr
     result: dict[str, list] = {}
     worker = threading.Thread(target=lambda: result.setdefault("outputs", generate(engine.llm, many)))
     rejected_before = len(engine.stats()["rejected"])
+    ngram_before, layerskip_before = counters(engine, "ngram"), counters(engine, "layerskip")
     worker.start()
     try:
-        engine.wait_for(lambda s: s["current"]["proposer"] == "ngram" and s["current"]["steps"] > 0,
-                        "ngram to run")
+        engine.wait_for(lambda s: s["default"] == "ngram" and s["strategies"]["ngram"]["num_drafts"]
+                        > ngram_before["num_drafts"], "ngram to run")
         engine.use({"proposer": {"name": "no_such_proposer"}})
         stats = engine.wait_for(lambda s: len(s["rejected"]) > rejected_before, "the broken config's rejection")
         assert "unknown proposer 'no_such_proposer'" in stats["rejected"][-1]["error"]
-        steps = stats["current"]["steps"]
-        engine.wait_for(lambda s: s["current"]["steps"] > steps + 2, "ngram to keep running")
+        drafts = stats["strategies"]["ngram"]["num_drafts"]
+        engine.wait_for(lambda s: s["strategies"]["ngram"]["num_drafts"] > drafts + 2, "ngram to keep running")
         engine.use(config_file("layerskip.yaml"))
-        engine.wait_for(lambda s: s["current"]["proposer"] == "layerskip", "the swap to layerskip")
+        engine.wait_for(lambda s: s["default"] == "layerskip", "the swap to layerskip")
     finally:
         worker.join()
     same_as_plain(result["outputs"], "ngram, a broken config, then layerskip", reference=plain * 3)
@@ -197,9 +218,9 @@ def test_strategy_swaps_mid_run_and_a_broken_config_keeps_the_old_one(engine, pr
     assert into_ngram["to"] == "ngram"
     assert (into_layerskip["from"], into_layerskip["to"]) == ("ngram", "layerskip")
     assert into_layerskip["in_flight"] > 0  # requests were running when it switched
-    ngram_run = stats["strategies"][-2]
-    assert ngram_run["proposer"] == "ngram" and ngram_run["drafted"] > 0
-    assert stats["current"]["drafted"] > 0  # layerskip drafted for the requests already in flight
+    assert counters(engine, "ngram")["num_draft_tokens"] > ngram_before["num_draft_tokens"]
+    # layerskip drafted for the requests already in flight
+    assert counters(engine, "layerskip")["num_draft_tokens"] > layerskip_before["num_draft_tokens"]
 
 
 def test_suffix_in_vllm_equals_plain_at_batch_1_and_4(engine, prompts, same_as_plain, llm, assert_same_greedy):
@@ -210,10 +231,51 @@ def test_suffix_in_vllm_equals_plain_at_batch_1_and_4(engine, prompts, same_as_p
     repetitive = [encode_prompt(llm.tokenizer, p)
                   for p in read_prompts_file(ROOT / "benchmarks" / "repetitive.jsonl")][:12]
     reference = [llm.generate_ids([ids], MAX_TOKENS)[0].token_ids for ids in repetitive]  # embedded, plain
+    before = counters(engine, "suffix")
     one_at_a_time = [generate(engine.llm, [ids])[0] for ids in repetitive]
     together = generate(engine.llm, repetitive)
     for label, got in (("batch 1", one_at_a_time), ("batch 4", together)):
         for ids, ref, out in zip(repetitive, reference, got):
             assert_same_greedy(ids, ref, out, f"specplug suffix in vLLM, repetitive, {label}")
-    current = engine.stats()["current"]
-    assert current["proposer"] == "suffix" and current["accepted"] > 0
+    assert counters(engine, "suffix")["num_accepted_tokens"] > before["num_accepted_tokens"]
+
+
+def test_each_request_names_its_strategy_or_none(engine, prompts, same_as_plain):
+    """SamplingParams.extra_args["strategy"] (the OpenAI server's vllm_xargs) picks a request's strategy:
+    `none` drafts nothing for it, a named one drafts with its own proposer; all equal plain vLLM."""
+    config = config_file("ngram.yaml") | {"serve": {"strategies": {"long": {
+        "proposer": {"name": "ngram", "max_n": 5}, "num_speculative_tokens": BOUND}}}}
+    names = ["none", "long", None]  # cycled over the prompts; None: the default
+    params = [vllm.SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0,
+                                  extra_args={"strategy": names[i % 3]} if names[i % 3] else None)
+              for i in range(len(prompts))]
+    before = {name: counters(engine, name) for name in ("none", "long", "ngram")}
+    outputs, _ = run_strategy(engine, prompts, config, params=params)
+    same_as_plain(outputs, "per-request strategies in vLLM")
+    after = {name: counters(engine, name) for name in before}
+    assert after["none"]["num_drafts"] == before["none"]["num_drafts"]  # `none` never drafts
+    for name in ("long", "ngram"):
+        assert after[name]["num_draft_tokens"] > before[name]["num_draft_tokens"], name
+
+
+def test_auto_stops_drafting_under_a_saturating_open_ended_batch_and_drafts_on_grounded(engine, prompts, plain,
+                                                                                      same_as_plain):
+    """auto inside vLLM times vLLM's own steps: with four open-ended rows at once, drafts that are
+    rarely accepted do not pay, so it settles on plain steps; one grounded request at a time drafts."""
+    grounded, open_ended = prompts[:5], prompts[5:]  # benchmarks/grounded.jsonl, then open_ended.jsonl
+    config = config_file("ngram.yaml") | {"adaptive_k": "auto", "serve": {"auto": {"explore": 0.0}}}
+    engine.use(config)
+    generate(engine.llm, open_ended[:2])  # warm-up: auto's first measurements
+    outputs, saturated = run_strategy(engine, open_ended * 4, config)
+    same_as_plain(outputs, "auto in vLLM, open-ended, 4 rows", reference=plain[5:] * 4, inputs=open_ended)
+    widths = saturated["widths"]
+    print("open-ended, 4 rows: budgets chosen (budget: row-steps)", widths)
+    assert widths.get(0, 0) >= 0.6 * sum(widths.values()), widths
+    before = counters(engine, "ngram")
+    outputs = [generate(engine.llm, [ids])[0] for ids in grounded[:3]]
+    same_as_plain(outputs, "auto in vLLM, grounded, batch 1", reference=plain[:3])
+    after = counters(engine, "ngram")
+    widths = widths_delta(before, after)
+    print("grounded, batch 1: budgets chosen", widths)
+    assert sum(n for k, n in widths.items() if k > 0) >= 0.6 * sum(widths.values()), widths
+    assert after["num_accepted_tokens"] > before["num_accepted_tokens"]

@@ -17,7 +17,7 @@ from specplug.config import load_config
 from specplug.models.loader import resolve_model
 from specplug_trtllm.drafter import Drafter
 from specplug_trtllm.install import SUPPORTED_VERSIONS, require_tensorrt_llm
-from specplug_vllm.strategy import EngineShape
+from specplug.hosting.building import EngineShape
 
 __all__ = ["SUPPORTED_VERSIONS", "build_speculative_config", "engine_shape", "require_tensorrt_llm"]
 

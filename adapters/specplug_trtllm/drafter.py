@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import inspect
 import logging
-from dataclasses import dataclass
 
-from specplug.metadata import Draft, DraftRequest, SamplingParams
-from specplug.proposers.base import check_drafts
+import numpy as np
+
+from specplug.hosting.building import EngineShape, StrategyBuilder
+from specplug.hosting.faults import PluginFaults
+from specplug.hosting.live import LiveTable
+from specplug.hosting.stats import DraftStats
+from specplug.hosting.token_rows import BatchView, TokenRows
+from specplug.metadata import Draft, SamplingParams
+from specplug.plugins import load_registry
 from specplug_trtllm.install import require_tensorrt_llm
 from specplug_trtllm.logits import pad_logits, probs_to_logits
-from specplug_vllm.strategy import EngineShape, StrategyBuilder, refresh, verified
-from specplug.config import ConfigWatcher
 
 try:
     from tensorrt_llm._torch.speculative.drafter import Drafter as _Upstream
@@ -29,15 +33,6 @@ except ImportError:  # TensorRT-LLM is not installed: the class imports, constru
     _Upstream = None
 
 logger = logging.getLogger("specplug.trtllm")
-
-
-@dataclass
-class Seen:
-    """What the drafter keeps of one request between iterations."""
-
-    k: int  # this request's draft budget (moves only with adaptive_k)
-    length: int = 0  # its tokens when it was last drafted for
-    num_draft: int = 0  # tokens drafted for it then
 
 
 def request_sampling(request) -> SamplingParams:
@@ -61,86 +56,76 @@ class Drafter(_Upstream or object):
             require_tensorrt_llm()
         self._args = (config_path, shape, max_concurrency, draft_len_schedule, cuda_graph_padding)
         self.config_path, self.shape, self.cuda_graph_padding = config_path, shape, cuda_graph_padding
-        self.watcher = ConfigWatcher(config_path) if config_path else None  # before the file is read
-        self.builder = StrategyBuilder(shape, keeps_draft_probs=True)
-        self.strategy = self.builder.build(config_path)
-        self.seen: dict[int, Seen] = {}
+        builder = StrategyBuilder(shape, load_registry(), keeps_draft_probs=True, log=logger)
+        self.live = LiveTable.from_file(builder.table, config_path)
+        self.stats = DraftStats(self.live.config.source, self.live.table.default_name, logger)
+        self.rows = TokenRows(shape.max_model_len, shape.vocab_size, shape.max_k, self.stats, PluginFaults(logger))
+        self.prefilled = False  # the last iteration scheduled context requests (its step time is not a verify's)
         init_upstream(self, shape.max_k, max_concurrency, draft_len_schedule)
 
     def __reduce__(self):
         """Workers rebuild the drafter from its config file: a live proposer is never pickled."""
         return Drafter, self._args
 
+    @property
+    def strategy(self):
+        """The default strategy (what every request drafts with: TensorRT-LLM requests name none)."""
+        return self.live.table.default
+
     # ---- one iteration ------------------------------------------------------------------------
     def prepare_draft_tokens(self, scheduled_requests, resource_manager=None) -> None:
         generation = list(scheduled_requests.generation_requests)
-        self._forget_unscheduled({r.py_request_id for r in [*scheduled_requests.context_requests, *generation]})
-        self._report_verified(generation)
+        batch = self._batch(generation, self.prefilled)
+        self.prefilled = bool(scheduled_requests.context_requests)
+        rows = self.rows.observe(self.live.table, batch)
         self._swap_if_changed()
-        requests = [self._draft_request(r) for r in generation]
-        drafts = [Draft([]) for _ in requests]
-        if any(r.max_draft_tokens for r in requests):
-            drafts = self.strategy.proposer.propose(requests)
-            check_drafts(self.strategy.proposer, requests, drafts, self.shape.vocab_size)
-        for request, draft_request, draft in zip(generation, requests, drafts):
-            self._hand_over(request, draft_request, draft)
+        drafts = self.rows.draft(self.live.table, batch, rows)
+        for request, sampling, draft in zip(generation, batch.sampling, drafts):
+            self._hand_over(request, sampling, draft)
         if self.cuda_graph_padding:
             self._pad(scheduled_requests, resource_manager)
+        self.stats.report()
 
-    def _forget_unscheduled(self, scheduled: set) -> None:
-        """Release requests that finished or left the schedule (their state is rebuilt if they return)."""
-        for request_id in [i for i in self.seen if i not in scheduled]:
-            del self.seen[request_id]
-            self.strategy.proposer.release(request_id)
-
-    def _report_verified(self, generation: list) -> None:
-        outcomes = []
-        for request in generation:
-            seen = self.seen.get(request.py_request_id)
-            if seen is None or not seen.num_draft:
-                continue
-            accepted = min(int(getattr(request, "py_num_accepted_draft_tokens", 0)), seen.num_draft)
-            emitted = tuple(int(t) for t in request.get_tokens(0)[seen.length:])
-            outcomes.append(verified(seen, request.py_request_id, accepted, emitted, self.strategy))
-        if outcomes:
-            self.strategy.proposer.on_verified(outcomes)
+    def _batch(self, generation: list, prefilled: bool) -> BatchView:
+        """The generation requests as token rows: what each emitted since it was last drafted for."""
+        tokens = [list(r.get_tokens(0)) for r in generation]
+        width = max(map(len, tokens), default=0)
+        token_ids = np.zeros((len(tokens), width), dtype=np.int64)
+        sampled, limits = [], []
+        for i, (request, row) in enumerate(zip(generation, tokens)):
+            token_ids[i, : len(row)] = row
+            prompt = int(getattr(request, "py_orig_prompt_len", None) or request.py_prompt_len)
+            seen = self.rows.seen_length(request.py_request_id)
+            sampled.append(row[prompt if seen is None else seen:] or row[-1:])
+            remaining = int(request.py_max_new_tokens) - (len(row) - prompt) - 1  # the target adds one
+            limits.append(min(self.draft_limit(), remaining, self.shape.max_model_len - len(row) - 1))
+        return BatchView(sampled, np.array([len(t) for t in tokens]), token_ids,
+                         [r.py_request_id for r in generation], None, limits,
+                         [request_sampling(r) for r in generation], prefilled)
 
     def _swap_if_changed(self) -> None:
-        new, message = refresh(self.builder, self.config_path, self.watcher)
-        if message is not None:
-            logger.error("specplug: rejected the new %s (%s); still running proposer '%s'", self.config_path,
-                         message, self.strategy.name)
+        old = self.live.table.default_name
+        new, refused = self.live.poll()
+        if refused is not None:
+            logger.error("specplug: %s", refused)
+            self.stats.reject(self.config_path, refused)
         if new is None:
             return
-        for request_id, seen in self.seen.items():
-            self.strategy.proposer.release(request_id)
-            seen.k, seen.num_draft = new.k, 0
-        logger.info("specplug: switched proposer '%s' -> '%s' (k=%d) with %d requests in flight",
-                    self.strategy.name, new.name, new.k, len(self.seen))
-        self.strategy = new
-
-    def _draft_request(self, request) -> DraftRequest:
-        tokens = list(request.get_tokens(0))
-        prompt = int(getattr(request, "py_orig_prompt_len", None) or request.py_prompt_len)
-        seen = self.seen.setdefault(request.py_request_id, Seen(self.strategy.k))
-        seen.length = len(tokens)
-        remaining = int(request.py_max_new_tokens) - (len(tokens) - prompt) - 1  # the target adds one
-        room = self.shape.max_model_len - len(tokens) - 1
-        budget = max(0, min(seen.k, self.draft_limit(), remaining, room))
-        return DraftRequest(request.py_request_id, tokens, prompt, budget, request_sampling(request))
+        in_flight = self.rows.hand_over(new)
+        logger.info("specplug: switched proposer '%s' -> '%s' (k=%d) with %d requests in flight", old,
+                    new.default_name, new.default.k, in_flight)
+        self.stats.swapped(old, new.default_name, self.live.config.source, in_flight)
 
     def draft_limit(self) -> int:
-        """The most tokens a request may draft now: the config's k, within TensorRT-LLM's current
+        """The most tokens a request may draft now: the strategy's k, within TensorRT-LLM's current
         ``max_draft_len`` (1.2 lowers it by ``draft_len_schedule`` as the batch grows)."""
         upstream = getattr(self, "max_draft_len", None)
-        return self.strategy.k if upstream is None else min(self.strategy.k, int(upstream))
+        return self.shape.max_k if upstream is None else min(self.shape.max_k, int(upstream))
 
-    def _hand_over(self, request, draft_request: DraftRequest, draft: Draft) -> None:
+    def _hand_over(self, request, sampling: SamplingParams, draft: Draft) -> None:
         request.py_draft_tokens = [int(t) for t in draft.token_ids]
-        sampling = draft_request.sampling
         keep_logits = draft.probs is not None and not sampling.greedy and sampling.top_p >= 1.0
         request.py_draft_logits = probs_to_logits(draft.probs, sampling.temperature) if keep_logits else None
-        self.seen[request.py_request_id].num_draft = len(draft.token_ids)
 
     def _pad(self, scheduled_requests, resource_manager) -> None:
         """TensorRT-LLM's own padding to the static draft length (CUDA graphs); logits rows follow."""

@@ -7,8 +7,9 @@ One step for the running rows (B rows, packed in cache slots 0..B-1):
   4. roll back: the row's cache length moves to cover only the last token and the accepted drafts.
 Plain autoregressive decoding is the same step with no drafts (proposer ``none``).
 Rows join (``add_request``) and leave (finish or ``abort``) between steps. Each row drafts with its own
-``Strategy`` (the engine's default unless the request names one); the rows of one strategy are proposed
-for together. A row's random draws are keyed by its seed and position (``position_generator``), so a
+``Strategy`` (the engine's default unless the request names one); the hosting layer's ``Drafting`` does
+all of a step's drafting (budgets, proposals, cuts, what was accepted, costs), as it does inside vLLM and
+TensorRT-LLM. A row's random draws are keyed by its seed and position (``position_generator``), so a
 seeded request gives the same tokens whatever else shares the batch.
 """
 
@@ -18,75 +19,26 @@ import dataclasses
 import time
 from collections import deque
 from collections.abc import Hashable, Iterator, Sequence
-from dataclasses import dataclass, field
 
 import torch
 
-from specplug.engine.batch import TokenLogprob, token_logprobs, verify_input
-from specplug.engine.faults import PluginFaults, fail_row, verify_each
+from specplug.engine.batch import token_logprobs, verify_input
+from specplug.engine.faults import fail_row, verify_each
+from specplug.engine.request import EngineRow, Request, StepOutput
 from specplug.engine.stopping import StopChecker
 from specplug.errors import SpecplugError
-from specplug.metadata import Draft, DraftRequest, SamplingParams, VerifyOutcome
+from specplug.hosting.drafting import Drafting
+from specplug.hosting.strategy import Strategy, StrategyTable, hand_over
+from specplug.metadata import Draft, DraftRequest
 from specplug.models.llama import CompactLlama
 from specplug.models.runner import StepRunner
-from specplug.proposers.base import Proposer, check_drafts, next_draft_length
-from specplug.engine.strategy import Strategy, group_by_strategy, observe_step, plan_budgets, trim_drafts
+from specplug.proposers.base import Proposer, proposer_name
 from specplug.sampling import make_generator, position_generator
 from specplug.verifiers.base import Verifier
 
+__all__ = ["Engine", "EngineRow", "Request", "StepOutput"]
+
 SEED_RANGE = 2**62  # seeds drawn for requests that bring none
-
-
-@dataclass
-class Request:
-    request_id: Hashable
-    prompt_token_ids: list[int]
-    max_new_tokens: int
-    sampling: SamplingParams = field(default_factory=SamplingParams)
-    stop: tuple[str, ...] = ()  # stop strings; the text is cut before them
-    strategy: Strategy | None = None  # None: the engine's default when the request starts
-    logprobs: int | None = None  # None: none; n >= 0: each emitted token's logprob and the n most likely
-
-
-@dataclass
-class SequenceStats:
-    target_forwards: int = 0  # prefill included
-    draft_tokens: int = 0
-    accepted_tokens: int = 0
-    verify_steps: int = 0  # target forwards after prefill
-    started: float = 0.0
-    finished: float = 0.0
-
-
-@dataclass
-class Row:
-    """A running request: its tokens (prompt + output) and where its cache lives."""
-
-    request: Request
-    slot: int
-    token_ids: list[int]
-    stopper: StopChecker
-    strategy: Strategy
-    k: int  # this row's current draft budget (changes with adaptive_k or the strategy's policy)
-    stats: SequenceStats = field(default_factory=SequenceStats)
-    finish_reason: str | None = None  # "stop", "length", "abort" or "error"
-    error: str | None = None  # why the row failed (finish reason "error")
-    plain: bool = False  # its proposer failed: the row decodes without drafts to the end
-
-    @property
-    def num_generated(self) -> int:
-        return len(self.token_ids) - len(self.request.prompt_token_ids)
-
-
-@dataclass
-class StepOutput:
-    request_id: Hashable
-    new_token_ids: list[int]
-    finish_reason: str | None  # "stop", "length", "error" (see ``row.error``) or None while running
-    row: Row
-    num_draft: int = 0  # tokens the row drafted this step (0 at prefill)
-    num_accepted: int = 0  # of this step's drafts, counted in new_token_ids
-    logprobs: list[TokenLogprob] | None = None  # one per new token when the request asked for them
 
 
 class Engine:
@@ -96,7 +48,7 @@ class Engine:
                  enforce_eager: bool = False, padded_steps: bool | None = None, compiled: bool = False,
                  max_speculative_tokens: int | None = None):
         self.verifier = verifier
-        self.strategy = Strategy(getattr(proposer, "name", "proposer"), proposer, num_speculative_tokens, adaptive_k)
+        self.strategy = Strategy(proposer_name(proposer), proposer, num_speculative_tokens, adaptive_k)
         # the widest verify step any strategy may ask for (bounds the step buffers and the context)
         self.max_k = max(max_speculative_tokens or 0, num_speculative_tokens)
         self.model, self.tokenizer = model, tokenizer
@@ -109,8 +61,9 @@ class Engine:
         self.seeds = make_generator(seed, model.device)  # seeds for requests that bring none
         self.eos_token_ids = frozenset(eos_token_ids)
         self.waiting: deque[Request] = deque()
-        self.rows: list[Row] = []  # rows[i] lives in cache slot i
-        self.faults = PluginFaults()
+        self.rows: list[EngineRow] = []  # rows[i] lives in cache slot i
+        self.drafting = Drafting(model.shape.vocab_size, self.max_k)
+        self.faults = self.drafting.faults
 
     @property
     def proposer(self) -> Proposer:
@@ -120,6 +73,16 @@ class Engine:
         if strategy.k > self.max_k:
             raise SpecplugError(f"strategy '{strategy.name}' drafts up to {strategy.k} tokens; this engine was "
                                 f"started for at most {self.max_k}: lower its num_speculative_tokens or restart")
+
+    def swap(self, table: StrategyTable) -> int:
+        """Serve ``table`` from the next step: its default for new requests, and rows in flight moved to its
+        strategy of the same name (``hosting.strategy.hand_over``). How many rows moved."""
+        for strategy in table.strategies.values():
+            self.check_strategy(strategy)
+        self.strategy = table.default
+        self.waiting = deque(dataclasses.replace(r, strategy=table.strategies.get(r.strategy.name, table.default))
+                             if r.strategy is not None else r for r in self.waiting)
+        return hand_over(self.rows, table, self.drafting.release)
 
     # ---- rows joining and leaving -------------------------------------------------------------
     def add_request(self, request: Request) -> None:
@@ -146,13 +109,10 @@ class Engine:
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.rows)
 
-    def _release(self, row: Row) -> None:
+    def _release(self, row: EngineRow) -> None:
         """Free the row's slot, moving the last row into it so live slots stay packed."""
         self.cache.release(self.rows, row)
-        try:
-            row.strategy.proposer.release(row.request.request_id)
-        except Exception as exc:
-            self.faults.record(row.strategy, "release", exc, [])
+        self.drafting.release(row)
 
     # ---- one engine step ------------------------------------------------------------------------
     @torch.inference_mode()
@@ -170,13 +130,14 @@ class Engine:
                 self._release(out.row)
         return outputs
 
-    def _new_row(self, request: Request, slot: int) -> Row:
-        strategy = request.strategy or self.strategy
+    def _new_row(self, request: Request, slot: int) -> EngineRow:
         if request.sampling.seed is None:  # the row's draws (and its drafter's) still need one seed
             seed = int(torch.randint(SEED_RANGE, (1,), generator=self.seeds))
             request = dataclasses.replace(request, sampling=dataclasses.replace(request.sampling, seed=seed))
-        row = Row(request, slot, list(request.prompt_token_ids), StopChecker(self.tokenizer, request.stop),
-                  strategy, strategy.k)
+        row = EngineRow(seq_id=request.request_id, strategy=request.strategy or self.strategy,
+                        named=request.strategy is not None,
+                        num_prompt_tokens=len(request.prompt_token_ids), request=request, slot=slot,
+                        token_ids=list(request.prompt_token_ids), stopper=StopChecker(self.tokenizer, request.stop))
         row.stats.started = time.perf_counter()
         return row
 
@@ -198,11 +159,9 @@ class Engine:
             self.cache.lengths[row.slot] = len(prompt)
         return self._accept(rows, [Draft([]) for _ in rows], logits, prefill=True)
 
-    def _speculative_step(self, rows: list[Row]) -> list[StepOutput]:
-        groups = group_by_strategy(rows)
-        plan_budgets(groups, rows, self.max_k, self.faults)
+    def _speculative_step(self, rows: list[EngineRow]) -> list[StepOutput]:
         started = time.perf_counter()
-        drafts = trim_drafts(groups, rows, self._propose(groups, rows), self.faults)
+        drafts = self.drafting.draft(rows, self._draft_request)
         proposed = time.perf_counter()
         try:
             logits = self.runner.run([[row.token_ids[-1], *d.token_ids] for row, d in zip(rows, drafts)],
@@ -210,39 +169,23 @@ class Engine:
         except Exception as exc:
             return self._fail_all(rows, "the target's forward", exc)
         outputs = self._accept(rows, drafts, logits, prefill=False)
-        observe_step(groups, rows, drafts, outputs, logits.shape[1], time.perf_counter() - proposed,
-                     proposed - started, self.faults)
+        self.drafting.observe(rows, drafts, [out.num_accepted for out in outputs], len(rows), logits.shape[1],
+                              time.perf_counter() - proposed, proposed - started)
         return outputs
 
-    def _fail_all(self, rows: list[Row], what: str, exc: Exception) -> list[StepOutput]:
+    def _fail_all(self, rows: list[EngineRow], what: str, exc: Exception) -> list[StepOutput]:
         """A failure no row can be blamed for: every row of it ends with ``error`` (and is released)."""
         for row in rows:
             fail_row(row, what, exc)
         return [StepOutput(row.request.request_id, [], row.finish_reason, row) for row in rows]
 
-    def _propose(self, groups: dict[Strategy, list[int]], rows: list[Row]) -> list[Draft]:
-        drafts: list[Draft] = [Draft([])] * len(rows)
-        for strategy, idx in groups.items():
-            requests = [self._draft_request(rows[i]) for i in idx]
-            if not any(r.max_draft_tokens for r in requests):
-                continue  # nothing to draft this step: a stateful proposer catches up next time
-            try:
-                got = strategy.proposer.propose(requests)
-                check_drafts(strategy.proposer, requests, got, self.model.shape.vocab_size)
-            except Exception as exc:  # a plugin fault: these rows go on without drafts
-                self.faults.record(strategy, "propose", exc, [rows[i] for i in idx])
-                continue
-            for i, draft in zip(idx, got):
-                drafts[i] = draft
-        return drafts
-
-    def _draft_request(self, row: Row) -> DraftRequest:
+    def _draft_request(self, row: EngineRow) -> DraftRequest:
         remaining = row.request.max_new_tokens - row.num_generated
         room = self.max_model_len - len(row.token_ids)
         return DraftRequest(row.request.request_id, row.token_ids, len(row.request.prompt_token_ids),
                             max(0, min(row.k, remaining - 1, room)), row.request.sampling)
 
-    def _verify(self, rows: list[Row], drafts: list[Draft], logits: torch.Tensor):
+    def _verify(self, rows: list[EngineRow], drafts: list[Draft], logits: torch.Tensor):
         """Emitted tokens and accepted counts per row (a row whose own verification raises fails alone)."""
         def batch(idx: list[int]):
             return verify_input([drafts[i] for i in idx], logits[idx], [rows[i].request.sampling for i in idx],
@@ -250,21 +193,18 @@ class Engine:
 
         return verify_each(self.verifier.verify, batch, rows)
 
-    def _accept(self, rows: list[Row], drafts: list[Draft], logits: torch.Tensor,
+    def _accept(self, rows: list[EngineRow], drafts: list[Draft], logits: torch.Tensor,
                 prefill: bool) -> list[StepOutput]:
         """Verify ``drafts`` against ``logits`` [B, K + 1, V], extend the rows, roll back the cache."""
         emitted_rows, accepted_rows = self._verify(rows, drafts, logits)
-        outcomes: dict[Strategy, list[VerifyOutcome]] = {}
-        outputs = []
+        outputs, told = [], []
         for i, (row, draft, emitted, accepted) in enumerate(zip(rows, drafts, emitted_rows, accepted_rows)):
             emitted = emitted[: accepted + 1]
             if not prefill:
                 self.cache.lengths[row.slot] += 1 + accepted  # last token + accepted drafts
                 row.stats.verify_steps += 1
-                self._adapt_k(row, len(draft.token_ids), accepted)
-            if emitted and not row.plain:  # (a row that failed its verification emitted nothing)
-                outcomes.setdefault(row.strategy, []).append(
-                    VerifyOutcome(row.request.request_id, len(draft.token_ids), accepted, tuple(emitted)))
+            if emitted:  # (a row that failed its verification emitted nothing)
+                told.append((row, accepted, tuple(emitted)))
             out = self._extend(row, emitted)
             out.num_draft, out.num_accepted = len(draft.token_ids), min(accepted, len(out.new_token_ids))
             if row.request.logprobs is not None:
@@ -273,28 +213,18 @@ class Engine:
             row.stats.target_forwards += 1
             row.stats.draft_tokens += len(draft.token_ids)
             row.stats.accepted_tokens += out.num_accepted
-        self._tell(outcomes, rows)
+        if told:
+            told_rows, told_accepted, told_emitted = zip(*told)
+            self.drafting.verified(told_rows, told_accepted, told_emitted)
         return outputs
 
-    def _tell(self, outcomes: dict[Strategy, list[VerifyOutcome]], rows: list[Row]) -> None:
-        """Tell each proposer what was kept of its drafts."""
-        for strategy, told in outcomes.items():
-            try:
-                strategy.proposer.on_verified(told)
-            except Exception as exc:
-                self.faults.record(strategy, "on_verified", exc, [row for row in rows if row.strategy is strategy])
-
-    def _generators(self, row: Row, width: int) -> list[torch.Generator]:
+    def _generators(self, row: EngineRow, width: int) -> list[torch.Generator]:
         if row.request.sampling.greedy:
             return []
         first = len(row.token_ids)  # the position the row's next token takes
         return [position_generator(row.request.sampling.seed, first + j, self.model.device) for j in range(width)]
 
-    def _adapt_k(self, row: Row, drafted: int, accepted: int) -> None:
-        if row.strategy.adaptive_k and row.strategy.policy is None:
-            row.k = next_draft_length(row.k, row.strategy.k, drafted, accepted)
-
-    def _extend(self, row: Row, emitted: list[int]) -> StepOutput:
+    def _extend(self, row: EngineRow, emitted: list[int]) -> StepOutput:
         """Append emitted tokens, cutting them at EOS, a stop string, max_new_tokens or the context."""
         new: list[int] = []
         for token in emitted:
@@ -305,7 +235,7 @@ class Engine:
                 break
         return StepOutput(row.request.request_id, new, row.finish_reason, row)
 
-    def _finish(self, row: Row, token: int) -> str | None:
+    def _finish(self, row: EngineRow, token: int) -> str | None:
         """Why ``row`` ends with ``token`` just appended (None: it goes on)."""
         try:
             if token in self.eos_token_ids or row.stopper.hit(row.token_ids, len(row.request.prompt_token_ids)):

@@ -1,8 +1,7 @@
-"""When a plugin or one row fails during a step, only what caused it pays.
+"""When one row fails during a step of the embedded engine, only that row pays.
 
-- A proposer that raises (in ``propose``, ``on_verified`` or ``release``) or returns malformed drafts, or a
-  draft policy that raises, is a plugin fault: its rows of that step continue with plain decoding, which is lossless. Each fault is
-  counted by strategy and stage; the first of each strategy is logged.
+- A proposer or draft policy that fails is a plugin fault (``specplug.hosting.faults``): its rows go on
+  with plain decoding.
 - A row whose own verification or stop check raises fails alone (finish reason ``error``), with one
   logged line naming the request and the cause.
 - A failure that names no row (the target's forward) fails every row of that forward; the engine then
@@ -12,57 +11,12 @@
 from __future__ import annotations
 
 import logging
-import weakref
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
+from specplug.hosting.faults import cause
 from specplug.metadata import VerifyInput, VerifyOutput
 
 logger = logging.getLogger("specplug.engine")
-WHERE = {"propose": "proposer.propose", "on_verified": "proposer.on_verified", "release": "proposer.release",
-         "policy": "its draft policy"}
-MAX_CAUSE = 300  # characters of an exception's message kept in a log line or an error
-
-
-def cause(exc: BaseException) -> str:
-    """``Type: message`` on one line, cut to a readable length."""
-    text = " ".join(str(exc).split())
-    text = text if len(text) <= MAX_CAUSE else text[: MAX_CAUSE - 3] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-@dataclass(frozen=True)
-class Fault:
-    strategy: str
-    stage: str  # "propose", "on_verified", "release" or "policy" (the strategy's draft policy, auto)
-    cause: str
-
-
-class PluginFaults:
-    """The proposer faults one engine has seen: counted, the first of each strategy logged."""
-
-    def __init__(self):
-        self.counts: Counter[tuple[str, str]] = Counter()  # (strategy, stage) -> faults
-        self.pending: list[Fault] = []  # since the last ``take``
-        self._logged: weakref.WeakSet = weakref.WeakSet()  # strategies whose first fault is logged
-
-    def record(self, strategy, stage: str, exc: BaseException, rows: Sequence) -> None:
-        """``strategy``'s proposer failed at ``stage`` for ``rows``: they decode plainly from now on."""
-        for row in rows:
-            row.plain = True
-        fault = Fault(strategy.name, stage, cause(exc))
-        self.counts[(fault.strategy, stage)] += 1
-        self.pending.append(fault)
-        if strategy not in self._logged:
-            self._logged.add(strategy)
-            logger.error("specplug: strategy '%s' failed in %s (%s); its rows continue with plain decoding "
-                         "(logged once per strategy; counted in specplug:proposer_faults_total)",
-                         fault.strategy, WHERE[stage], fault.cause)
-
-    def take(self) -> list[Fault]:
-        taken, self.pending = self.pending, []
-        return taken
 
 
 def fail_row(row, what: str, exc: BaseException) -> None:

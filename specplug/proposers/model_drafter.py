@@ -26,7 +26,9 @@ from specplug.sampling import make_generator, target_probs
 
 
 @dataclass
-class DraftRow:
+class DrafterSlot:
+    """The draft model's own KV-cache slot for one row of the batch it drafts for."""
+
     seq_id: Hashable
     slot: int
     generator: torch.Generator  # the row's own draws, seeded by its request: no batch companion moves them
@@ -42,8 +44,8 @@ class ModelDrafter(Proposer):
         # catch-up feeds up to k + 1 tokens (the last accepted draft and the bonus token, or more)
         self.runner = StepRunner.create(model, max_rows, k + 1, max_len + 1, plan, enforce_eager)
         self.cache = self.runner.cache
-        self.rows: list[DraftRow] = []  # rows[i] lives in cache slot i
-        self.by_id: dict[Hashable, DraftRow] = {}
+        self.rows: list[DrafterSlot] = []  # rows[i] lives in cache slot i
+        self.by_id: dict[Hashable, DrafterSlot] = {}
 
     @torch.inference_mode()
     def propose(self, requests: Sequence[DraftRequest]) -> list[Draft]:
@@ -72,18 +74,18 @@ class ModelDrafter(Proposer):
         self.cache.release(self.rows, row)
 
     # ---- internals ------------------------------------------------------------------------------
-    def _row(self, request: DraftRequest) -> DraftRow:
+    def _row(self, request: DraftRequest) -> DrafterSlot:
         row = self.by_id.get(request.seq_id)
         if row is None:
             if len(self.rows) == self.max_rows:
                 raise RuntimeError(f"proposer '{self.name}' holds {self.max_rows} rows already; "
                                    "rows must be released when they finish")
-            row = DraftRow(request.seq_id, len(self.rows), make_generator(request.sampling.seed, self.model.device))
+            row = DrafterSlot(request.seq_id, len(self.rows), make_generator(request.sampling.seed, self.model.device))
             self.rows.append(row)
             self.by_id[request.seq_id] = row
         return row
 
-    def _catch_up(self, rows: list[DraftRow], requests: list[DraftRequest]) -> torch.Tensor:
+    def _catch_up(self, rows: list[DrafterSlot], requests: list[DraftRequest]) -> torch.Tensor:
         """Roll each row back to what it shares with its tokens, feed the rest: logits [B, V]."""
         chunks = []
         for row, request in zip(rows, requests):
@@ -94,12 +96,12 @@ class ModelDrafter(Proposer):
             chunks.append(tokens[common:])
         return self._feed(rows, chunks)
 
-    def _feed(self, rows: list[DraftRow], chunks: list[list[int]]) -> torch.Tensor:
+    def _feed(self, rows: list[DrafterSlot], chunks: list[list[int]]) -> torch.Tensor:
         for row, chunk in zip(rows, chunks):
             row.fed.extend(chunk)
         return self._forward(rows, chunks)
 
-    def _forward(self, rows: list[DraftRow], chunks: list[list[int]]) -> torch.Tensor:
+    def _forward(self, rows: list[DrafterSlot], chunks: list[list[int]]) -> torch.Tensor:
         """Feed ``chunks`` to ``rows`` in one step over every live slot: logits [len(rows), V].
 
         Slots not in ``rows`` get one dummy token past their valid length (overwritten later).
@@ -114,7 +116,7 @@ class ModelDrafter(Proposer):
             self.cache.lengths[row.slot] += len(chunk)
         return logits[[row.slot for row in rows], 0]
 
-    def _choose(self, rows: list[DraftRow], requests: list[DraftRequest], logits: dict[int, torch.Tensor],
+    def _choose(self, rows: list[DrafterSlot], requests: list[DraftRequest], logits: dict[int, torch.Tensor],
                 running: list[int],
                 drafts: dict, probs: dict, step: int) -> list[int]:
         """Pick each running row's next draft token from its ``logits`` [V]; return the rows that go on.

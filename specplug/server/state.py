@@ -1,8 +1,9 @@
 """The serving state: one engine (in its worker thread), the named strategies, live swaps.
 
-A swap builds every strategy of the new config first; only when all of them start does it replace the
-table and the engine's default (on the engine thread, between steps). Rows in flight keep the strategy
-they started with. Anything that needs a new engine (model, dtype, batch size...) is refused by name.
+The strategy table is the hosting layer's ``LiveTable``, as inside vLLM and TensorRT-LLM: a swap builds
+every strategy of the new config first, and only when all of them start does it replace the table; the
+engine takes it between two steps (new requests get its default; rows in flight move to its strategy of
+the same name). Anything that needs a new engine (model, dtype, batch size...) is refused by name.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import NoReturn
 
-from specplug.config import Config, load_config, with_overrides
-from specplug.engine.strategy import Strategy
+from specplug.config import Config, with_overrides
 from specplug.errors import ConfigError, SpecplugError
+from specplug.hosting.live import LiveTable
+from specplug.hosting.strategy import Strategy, StrategyTable, build_table
 from specplug.llm import LLM
 from specplug.server.metrics import Metrics
 from specplug.server.worker import EngineWorker
@@ -31,16 +32,27 @@ API_KEY_ENV = "SPECPLUG_API_KEY"
 class Server:
     def __init__(self, config: Config, config_path: str | None = None, overrides: list[str] | None = None,
                  registry=None):
-        self.config_path, self.overrides = config_path, list(overrides or [])
         serve = config.serve
         self.llm = LLM(config, registry, max_batch_size=serve.max_batch_size,
                        max_speculative_tokens=serve.max_num_speculative_tokens)
         self.metrics = Metrics()
-        self.config = config
-        self.strategies = self._build(config)
-        self.llm.engine.strategy = self.strategies[serve.default_strategy]
+        self.started_with = config
+        self.live = LiveTable(self._build, config, config_path, overrides or [])
+        self.llm.engine.swap(self.live.table)
         self.worker = EngineWorker(self.llm.engine, self.llm.tokenizer, self.metrics)
         self._swap_lock = threading.Lock()
+
+    @property
+    def config(self) -> Config:
+        return self.live.config
+
+    @property
+    def config_path(self) -> str | None:
+        return self.live.path
+
+    @property
+    def strategies(self) -> dict[str, Strategy]:
+        return self.live.table.strategies
 
     @property
     def model_name(self) -> str:
@@ -58,67 +70,34 @@ class Server:
 
     @property
     def default_strategy(self) -> str:
-        return self.config.serve.default_strategy
+        return self.live.table.default_name
 
     def strategy(self, name: str | None) -> Strategy | None:
         """The strategy a request named (None: the default when its row starts)."""
-        if name is None:
-            return None
-        if name not in self.strategies:
-            raise ConfigError(f"unknown strategy '{name}'; this server has: {', '.join(self.strategies)}")
-        return self.strategies[name]
+        return None if name is None else self.live.table.pick(name)
 
     # ---- building and swapping ------------------------------------------------------------------
-    def _build(self, config: Config) -> dict[str, Strategy]:
-        serve, engine = config.serve, self.llm.engine
-        table = {}
-        for name, entry in serve.strategies.items():
-            table[name] = self._strategy(name, entry, entry.adaptive_k, serve.auto_explore)
-            engine.check_strategy(table[name])
-        if serve.auto_strategy is not None:
-            table["auto"] = self._strategy("auto", serve.strategies[serve.auto_strategy], "auto", serve.auto_explore)
-        return table
+    def _build(self, config: Config) -> StrategyTable:
+        self._check_fixed(config)
+        return build_table(config, self.llm.strategy_maker(config))
 
-    def _strategy(self, name: str, entry, adaptive_k: bool | str, explore: float) -> Strategy:
-        try:
-            return self.llm.make_strategy(name, entry.proposer, entry.num_speculative_tokens, adaptive_k, explore)
-        except SpecplugError:
-            raise
-        except Exception as exc:  # a third-party factory may raise anything: refuse the config, keep serving
-            raise ConfigError(f"strategy '{name}': proposer '{entry.proposer.name}' failed to start "
-                              f"({type(exc).__name__}: {exc})") from None
+    def _check_fixed(self, config: Config) -> None:
+        changed = [key for key in FIXED_KEYS if getattr(config, key) != getattr(self.started_with, key)]
+        changed += [f"serve.{key}" for key in FIXED_SERVE_KEYS
+                    if getattr(config.serve, key) != getattr(self.started_with.serve, key)]
+        if changed:
+            raise ConfigError(f"{', '.join(changed)} cannot change while serving: restart the server")
 
     def swap(self, config: Config) -> None:
         """Make ``config`` live, or raise ConfigError and keep the current one."""
-        with self._swap_lock:
-            try:
-                self._check_fixed(config)
-                table = self._build(config)
-            except SpecplugError as exc:
-                self._refuse(config.source, exc)
-            default = table[config.serve.default_strategy]
-            self.config, self.strategies = config, table
-            self.worker.call(lambda: setattr(self.llm.engine, "strategy", default))
-            self.metrics.swaps.labels("applied").inc()
-            logger.info("specplug: strategy '%s' is now the default (config from %s)", default.name, config.source)
-
-    def _check_fixed(self, config: Config) -> None:
-        changed = [key for key in FIXED_KEYS if getattr(config, key) != getattr(self.config, key)]
-        changed += [f"serve.{key}" for key in FIXED_SERVE_KEYS
-                    if getattr(config.serve, key) != getattr(self.config.serve, key)]
-        if changed:
-            raise ConfigError(f"{', '.join(changed)} cannot change while serving: restart the server")
+        self._changed(lambda: self.live.swap(config))
 
     def reload(self) -> None:
         """Re-read the config file (SIGHUP or a change on disk)."""
         if self.config_path is None:
             logger.warning("specplug: the server was started without --config: nothing to reload")
             return
-        try:
-            config = load_config(self.config_path, self.overrides)
-        except SpecplugError as exc:  # unreadable, not YAML, or invalid
-            self._refuse(self.config_path, exc)
-        self.swap(config)
+        self._changed(self.live.reload)
 
     def apply(self, overrides: dict) -> None:
         """``POST /admin/config``: a mapping of config keys merged over the live config."""
@@ -126,12 +105,20 @@ class Server:
         try:
             config = with_overrides(self.config, overrides, source=source)
         except SpecplugError as exc:
-            self._refuse(source, exc)
+            self._changed(lambda: self.live.refuse(source, exc))
+            return
         self.swap(config)
 
-    def _refuse(self, source: str, exc: SpecplugError) -> NoReturn:
-        """Count, log and raise a refused config change; the current config keeps serving."""
-        message = f"config from {source} refused, the current one keeps serving: {exc}"
-        self.metrics.swaps.labels("refused").inc()
-        logger.error("specplug: %s", message)
-        raise ConfigError(message) from None
+    def _changed(self, change) -> None:
+        """Run a table change; count and log its outcome; hand the new table to the engine thread."""
+        with self._swap_lock:
+            try:
+                table = change()
+            except ConfigError as exc:
+                self.metrics.swaps.labels("refused").inc()
+                logger.error("specplug: %s", exc)
+                raise
+            self.metrics.swaps.labels("applied").inc()
+            self.worker.call(lambda: self.llm.engine.swap(table))
+            logger.info("specplug: strategy '%s' is now the default (config from %s)", table.default_name,
+                        table.config.source)

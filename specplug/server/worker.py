@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from specplug.engine.batch import TokenLogprob
 from specplug.engine.engine import Engine, Request, StepOutput
 from specplug.engine.faults import cause
-from specplug.engine.strategy import Strategy
+from specplug.hosting.strategy import Strategy
 from specplug.errors import SpecplugError
 from specplug.metadata import SamplingParams
 from specplug.server.metrics import Metrics

@@ -145,7 +145,15 @@ def engine_tokens(engine: Engine, requests: list[Request]) -> dict:
     out: dict = {}
     for step in engine.run(requests):
         out.setdefault(step.request_id, []).extend(step.new_token_ids)
+    assert_no_faults(proposer_name(engine.proposer), engine.faults, "in the embedded engine")
     return out
+
+
+def assert_no_faults(name: str, faults, where: str) -> None:
+    """A host keeps serving past a proposer that raises or drafts garbage (its rows decode plainly), so the
+    output alone cannot show it: the kit fails on any fault the host caught."""
+    caught = faults.take()
+    assert not caught, f"{name}: failed {where}: " + "; ".join(f"{f.cause} (in {f.stage})" for f in caught)
 
 
 def check_sampling_follows_the_target(factory, model, seed, rows: int = 250, batches: int = 8) -> None:

@@ -1,4 +1,4 @@
-"""The kit's run of a proposer under the vLLM adapter's row translation (``specplug_vllm.RowTranslator``),
+"""The kit's run of a proposer under the row translation the vLLM adapter uses (``hosting.TokenRows``),
 driven as vLLM 0.32's model runner drives its ``custom_class`` hook, with no vLLM installed:
 
 - the batch is a persistent array of rows; a new request takes the lowest free row, and after some
@@ -18,8 +18,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from specplug.config import load_config
+from specplug.hosting.strategy import Strategy, StrategyTable
+from specplug.hosting.token_rows import BatchView, TokenRows
 from specplug.proposers.base import Proposer, proposer_name
-from specplug.testing.checks import K, MAX_LEN, ROWS, full_logits, greedy_prompts
+from specplug.testing.checks import K, MAX_LEN, ROWS, assert_no_faults, full_logits, greedy_prompts
 
 MAX_NEW = 24
 
@@ -109,14 +112,12 @@ class VllmLikeBatch:
 def check_under_vllm_row_translation(proposer: Proposer, model, seed: int) -> None:
     """``proposer`` (the object the embedded engine just ran) inside the vLLM adapter: output equals
     plain greedy decoding, with adaptive_k moving each row's budget."""
-    from specplug_vllm.rows import RowTranslator
-    from specplug_vllm.strategy import Strategy
-
     rng = random.Random(seed)
     prompts = greedy_prompts(seed + 1)
     requests = [LiveRequest(i, list(p), MAX_NEW - 3 * (i % 3), rng.choice([0, 0, 1, 2])) for i, p in enumerate(prompts)]
-    strategy = Strategy.around(proposer, K, adaptive_k=True)
-    translator = RowTranslator(MAX_LEN, model.shape.vocab_size)
+    table = StrategyTable({"kit": Strategy(proposer_name(proposer), proposer, K, adaptive_k=True)}, "kit",
+                          load_config())
+    translator = TokenRows(MAX_LEN, model.shape.vocab_size, K)
     batch = VllmLikeBatch(requests)
     name = proposer_name(proposer)
     while batch.busy():
@@ -124,13 +125,14 @@ def check_under_vllm_row_translation(proposer: Proposer, model, seed: int) -> No
         sampled = batch.run_target(model)
         counts, tokens = batch.arrays(rng)
         try:
-            drafts = translator.draft(strategy, translator.observe(strategy, sampled, counts, tokens), ROWS)
+            drafts = [d.token_ids for d in translator.step(table, BatchView(sampled, counts, tokens))]
         except Exception as error:  # noqa: BLE001 - the kit names what broke, whatever it is
             raise AssertionError(f"{name}: failed under the vLLM adapter's row translation: "
                                  f"{type(error).__name__}: {error}") from error
         for slot, draft in zip(batch.slots, drafts):
             if slot is not None:
                 slot.draft = draft
+        assert_no_faults(name, translator.drafting.faults, "under the vLLM adapter's row translation")
     for request_id, prompt in enumerate(prompts):
         expected = plain_greedy(model, prompt, requests[request_id].max_new)
         got = batch.finished[request_id]

@@ -127,7 +127,7 @@ class AutoDraftLength:
         self.chosen: Counter[int] = Counter()  # budgets chosen, for the metrics
 
     def rate(self, row) -> float:
-        mine = self.rows.get(row.request.request_id)
+        mine = self.rows.get(row.seq_id)
         prior = self.overall.rate()
         return prior if mine is None else mine.rate(prior, PRIOR_STEPS)
 
@@ -180,12 +180,21 @@ class AutoDraftLength:
         if any(d.token_ids for d in drafts):
             self.propose_seconds = 0.8 * self.propose_seconds + 0.2 * propose_seconds
         for row, draft, a in zip(rows, drafts, accepted):
-            self.rows.setdefault(row.request.request_id, Acceptance(ROW_DECAY)).add(len(draft.token_ids), a)
+            self.rows.setdefault(row.seq_id, Acceptance(ROW_DECAY)).add(len(draft.token_ids), a)
             self.overall.add(len(draft.token_ids), a)
             if draft.confidence is not None:
                 self.calibration.observe(draft.confidence, a)
 
     def _forget_finished(self, live: list) -> None:
         if len(self.rows) > 4 * max(len(live), 16):
-            keep = {row.request.request_id for row in live}
+            keep = {row.seq_id for row in live}
             self.rows = {key: value for key, value in self.rows.items() if key in keep}
+
+
+def assumed_prior(most_tokens: int, tokens_per_step: float = 16.0) -> dict[int, float]:
+    """A forward-cost prior for a host that cannot time a forward before it serves (an engine adapter):
+    a step's cost grows by one step's worth every ``tokens_per_step`` tokens. Its level is never used as
+    it is: every step's measured time corrects it where ``auto`` chooses (``StepCosts``), so it only
+    decides the first choices, which it makes cautious at large batches."""
+    counts = sorted({1, *(2**i for i in range(1, max(1, most_tokens).bit_length() + 1)), most_tokens})
+    return {t: 1.0 + t / tokens_per_step for t in counts}
