@@ -151,6 +151,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
+    parser.add_argument("--repeats", type=int, default=1, help="run every concurrency level this many times, "
+                        "strategies interleaved, to tell noise from a real gap")
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -174,14 +176,16 @@ def main() -> None:
         reference_runs, _ = asyncio.run(load(base, texts, "none", 1, len(texts), args.max_new_tokens))
         reference = dict(enumerate(reference_runs))
         table = []
-        for concurrency in levels:
-            requests = max(len(texts), 2 * concurrency)
-            for strategy in STRATEGIES:
-                results, wall = asyncio.run(load(base, texts, strategy, concurrency, requests, args.max_new_tokens))
-                row = {"strategy": strategy, "concurrency": concurrency,
-                       **summarise(results, wall, texts, reference)}
-                table.append(row)
-                print(json.dumps(row), flush=True)
+        for repeat in range(args.repeats):
+            for concurrency in levels:
+                requests = max(len(texts), 2 * concurrency)
+                for strategy in STRATEGIES:
+                    results, wall = asyncio.run(load(base, texts, strategy, concurrency, requests,
+                                                     args.max_new_tokens))
+                    row = {"strategy": strategy, "concurrency": concurrency, "repeat": repeat,
+                           **summarise(results, wall, texts, reference)}
+                    table.append(row)
+                    print(json.dumps(row), flush=True)
         metrics = httpx.get(base + "/metrics").text
         auto_k = [line for line in metrics.splitlines() if line.startswith("specplug:auto_draft_tokens_chosen")]
     finally:
@@ -190,14 +194,14 @@ def main() -> None:
     report = {"cpu": cpu_model(), "date": time.strftime("%Y-%m-%d"), "max_new_tokens": args.max_new_tokens,
               "threads": os.cpu_count(), "rows": table, "auto_chosen_k": auto_k}
     print(json.dumps({k: v for k, v in report.items() if k != "rows"}, indent=1))
-    for c in levels:
-        plain = next(r for r in table if r["strategy"] == "none" and r["concurrency"] == c)["throughput_tps"]
-        for r in table:
-            if r["concurrency"] == c:
-                print(f"c={c:<3} {r['strategy']:<6} {r['throughput_tps']:>7.1f} tok/s ({r['throughput_tps'] / plain:.2f}x)"
-                      f"  ttft p50/p99 {r['ttft_p50_ms']}/{r['ttft_p99_ms']} ms  itl p50/p99 {r['itl_p50_ms']}/"
-                      f"{r['itl_p99_ms']} ms  errors {r['errors']}  identical {r['identical']} near-tie "
-                      f"{r['near_tie']} mismatch {r['mismatch']}")
+    for c, repeat in ((c, r) for r in range(args.repeats) for c in levels):
+        rows = [r for r in table if r["concurrency"] == c and r["repeat"] == repeat]
+        plain = next(r for r in rows if r["strategy"] == "none")["throughput_tps"]
+        for r in rows:
+            print(f"[{repeat}] c={c:<3} {r['strategy']:<6} {r['throughput_tps']:>7.1f} tok/s "
+                  f"({r['throughput_tps'] / plain:.2f}x)  ttft p50/p99 {r['ttft_p50_ms']}/{r['ttft_p99_ms']} ms  "
+                  f"itl p50/p99 {r['itl_p50_ms']}/{r['itl_p99_ms']} ms  errors {r['errors']}  identical "
+                  f"{r['identical']} near-tie {r['near_tie']} mismatch {r['mismatch']}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
 

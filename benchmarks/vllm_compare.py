@@ -58,6 +58,7 @@ def engines(model_dir: str, k: int, config_dir: Path, chosen: list[str], max_num
             path = config_dir / f"{name}.yaml"
             path.write_text(yaml.safe_dump(config))
             os.environ["SPECPLUG_CONFIG"] = str(path)  # read by the worker the engine starts now
+            os.environ["SPECPLUG_STATS_FILE"] = str(config_dir / f"{name}-stats.json")  # its counters
             built[ENGINES[name]] = LLM(**common, speculative_config={
                 "method": "custom_class", "model": "specplug_vllm.Proposer",
                 "num_speculative_tokens": config["num_speculative_tokens"]})
@@ -147,6 +148,7 @@ def main() -> None:
     parser.add_argument("--repetitive-prompts", type=int, default=None, help="use the first N of repetitive.jsonl")
     args = parser.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("SPECPLUG_STATS_INTERVAL", "5")  # the specplug workers' counters, fresh at the end
     from specplug.bench import machine_description
     from specplug.models.loader import load_tokenizer, resolve_model
     from specplug.prompts import encode_prompt, read_prompts_file
@@ -163,6 +165,8 @@ def main() -> None:
     rows = measure(llms, requests_by_file, args.rounds, args.max_tokens, args.modes.split(","), args.max_num_seqs)
     result = {"date": time.strftime("%Y-%m-%d"), "machine": machine_description(), "k": args.k,
               "rounds": args.rounds, "max_tokens": args.max_tokens, "max_num_seqs": args.max_num_seqs, "rows": rows}
+    result["specplug_stats"] = {name: json.loads((config_dir / f"{name}-stats.json").read_text())["strategies"]
+                                for name in chosen if (config_dir / f"{name}-stats.json").exists()}
     if not args.no_memory and "specplug-ngram" in chosen:
         configs = {name: yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
                    for name in ("none", "ngram", "draft_model", "layerskip")}  # RSS only grows: each adds its part

@@ -65,6 +65,32 @@ def test_drafts_without_confidence_are_left_to_plan_and_other_rows_set_the_floor
     assert auto.trim([Row("a")], [Draft([1, 2, 3, 4, 5], confidence=[0.9] * 5)], 2, 4) == [3]
 
 
+def test_token_costs_share_what_one_token_count_measured_with_its_neighbours():
+    from specplug.hosting.step_costs import TokenCosts
+
+    costs = TokenCosts({1: 11.0, 64: 74.0})  # prior: 10 ms + 1 ms per token
+    assert costs.seconds(16) == pytest.approx(0.026)
+    costs.observe(16, 0.013)  # half the prior at 16 tokens
+    costs.observe(48, 0.087)  # 1.5 times the prior at 48 (58 ms)
+    assert costs.seconds(32) == pytest.approx(1.0 * 0.042)  # between them: the correction interpolated
+    assert costs.seconds(64) == pytest.approx(1.5 * 0.074)  # past them: the nearest correction
+
+
+def test_packed_hosts_give_each_row_its_own_budget():
+    """Where the engine verifies each row's own tokens, the draft tokens go to the rows most likely to
+    keep them, up to where one more costs more than it is expected to give."""
+    cheap_to_16 = {1: 10.0, 16: 11.0, 17: 40.0, 64: 90.0}  # tokens are nearly free up to 16, then dear
+    auto = AutoDraftLength(3, cheap_to_16, explore=0.0, packed=True)
+    good, poor = Row("good"), Row("poor")
+    for _ in range(30):
+        auto.observe([good, poor], [Draft([1, 2, 3]), Draft([1, 2, 3])], [3, 0], 12, 4, 0.0, 0.0)
+    rows = [good, poor] + [Row(f"other{i}") for i in range(10)]  # ten rows with the strategy-wide rate
+    budgets = auto.plan(rows, 12, 1)
+    assert budgets[0] == 3 and budgets[1] == 0  # the reliable row drafts all it may, the other nothing
+    assert sum(budgets) <= 16 - 12  # no token past the cheap 16
+    assert auto.chosen[3] >= 1 and auto.chosen[0] >= 1
+
+
 def test_a_cut_draft_keeps_its_probabilities_and_confidences_in_step():
     probs = torch.full((3, 5), 0.2)
     draft = Draft([1, 2, 3], probs, [0.9, 0.8, 0.7]).cut(2)

@@ -270,9 +270,7 @@ def test_auto_times_tensorrt_llm_iterations_and_skips_those_with_context_request
     running, widths, observed = LlmRequest(2, REPEATING), [], []
     policy = drafter.strategy.policy
     real_observe = policy.observe
-    policy.observe = lambda rows, drafts, accepted, b, w, seconds, propose: (observed.append(seconds),
-                                                                             real_observe(rows, drafts, accepted, b,
-                                                                                          w, seconds, propose))
+    policy.observe = lambda *args: (observed.append(args[5]), real_observe(*args))  # args[5]: the step's seconds
     for step in range(30):
         context = [LlmRequest(100 + step, [1, 2, 3])] if step == 10 else []
         drafter.prepare_draft_tokens(ScheduledRequests(context, [running]))

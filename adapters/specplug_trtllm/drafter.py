@@ -56,11 +56,13 @@ class Drafter(_Upstream or object):
             require_tensorrt_llm()
         self._args = (config_path, shape, max_concurrency, draft_len_schedule, cuda_graph_padding)
         self.config_path, self.shape, self.cuda_graph_padding = config_path, shape, cuda_graph_padding
-        builder = StrategyBuilder(shape, load_registry(), keeps_draft_probs=True, log=logger)
+        builder = StrategyBuilder(shape, load_registry(), keeps_draft_probs=True, log=logger,
+                                  packed=not cuda_graph_padding)  # padded drafts cost the widest row's tokens
         self.live = LiveTable.from_file(builder.table, config_path)
         self.stats = DraftStats(self.live.config.source, self.live.table.default_name, logger)
         self.rows = TokenRows(shape.max_model_len, shape.vocab_size, shape.max_k, self.stats, PluginFaults(logger))
         self.prefilled = False  # the last iteration scheduled context requests (its step time is not a verify's)
+        self.stats.report(force=True)
         init_upstream(self, shape.max_k, max_concurrency, draft_len_schedule)
 
     def __reduce__(self):
@@ -101,7 +103,7 @@ class Drafter(_Upstream or object):
             limits.append(min(self.draft_limit(), remaining, self.shape.max_model_len - len(row) - 1))
         return BatchView(sampled, np.array([len(t) for t in tokens]), token_ids,
                          [r.py_request_id for r in generation], None, limits,
-                         [request_sampling(r) for r in generation], prefilled)
+                         [request_sampling(r) for r in generation], prefilled, calls_before_step=True)
 
     def _swap_if_changed(self) -> None:
         old = self.live.table.default_name

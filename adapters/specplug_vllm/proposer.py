@@ -62,6 +62,7 @@ class Proposer:
                               PluginFaults(logger))
         logger.info("specplug: strategies %s from %s, default '%s' (vLLM bound k=%d)", ", ".join(table.strategies),
                     self.live.config.source, table.default_name, self.shape.max_k)
+        self.stats.report(force=True)  # the stats file exists from the start
 
     @property
     def strategy(self):

@@ -21,15 +21,15 @@ back to it. Static tables (vLLM's ``num_speculative_tokens_per_batch_size``, Ten
 
 from __future__ import annotations
 
-import bisect
 import random
 from collections import Counter
 from collections.abc import Hashable, Sequence
 
+from specplug.hosting.step_costs import StepCosts, TokenCosts
+
 ROW_DECAY = 0.8  # weight of a row's older steps per new step
 GLOBAL_DECAY = 0.98
 PRIOR_STEPS = 2.0  # pseudo-steps of the strategy-wide rate in a row's estimate
-COST_DECAY = 0.9  # weight of older step-time ratios at one (B, W)
 
 
 class Acceptance:
@@ -84,47 +84,36 @@ def expected_tokens(rate: float, budget: int) -> float:
     return (1.0 - rate ** (budget + 1)) / (1.0 - rate)
 
 
-class StepCosts:
-    """Seconds per verify step by (rows, width): measured prior by token count, corrected online."""
-
-    def __init__(self, prior_ms_by_tokens: dict[int, float]):
-        self.tokens = sorted(prior_ms_by_tokens)
-        self.prior_ms = [prior_ms_by_tokens[t] for t in self.tokens]
-        self.ratio: dict[tuple[int, int], float] = {}  # measured / prior at (rows, width)
-
-    def prior(self, tokens: int) -> float:
-        """Interpolated (linearly extrapolated past the table) seconds for a forward of ``tokens``."""
-        xs, ys = self.tokens, self.prior_ms
-        i = min(max(bisect.bisect_left(xs, tokens), 1), len(xs) - 1)
-        x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
-        return max(y0 + (y1 - y0) * (tokens - x0) / (x1 - x0), ys[0]) / 1000.0
-
-    def seconds(self, rows: int, width: int) -> float:
-        ratio = self.ratio.get((rows, width))
-        if ratio is None:  # unseen: what this batch size (else any) measured against the prior
-            near = [r for (b, _), r in self.ratio.items() if b == rows] or list(self.ratio.values()) or [1.0]
-            ratio = sum(near) / len(near)
-        return self.prior(rows * width) * ratio
-
-    def observe(self, rows: int, width: int, seconds: float) -> None:
-        measured = seconds / self.prior(rows * width)
-        old = self.ratio.get((rows, width))
-        self.ratio[(rows, width)] = measured if old is None else COST_DECAY * old + (1 - COST_DECAY) * measured
+def gains(rate, budget: int) -> list[float]:
+    """The chance that each of a row's first ``budget`` drafts is accepted (with all before it): what each
+    adds to the row's expected tokens. ``rate``: one per-token rate, or each token's own."""
+    rates = [rate] * budget if isinstance(rate, float) else list(rate[:budget])
+    out, prob = [], 1.0
+    for r in rates:
+        prob *= r
+        out.append(prob)
+    return out
 
 
 class AutoDraftLength:
-    """The ``DraftPolicy`` of the ``auto`` strategy (see the module docstring)."""
+    """The ``DraftPolicy`` of the ``auto`` strategy (see the module docstring).
 
-    def __init__(self, k: int, prior_ms_by_tokens: dict[int, float], explore: float = 0.05, seed: int = 0):
-        self.k, self.explore = k, explore
+    ``packed``: the host verifies each row's own tokens only (vLLM, TensorRT-LLM), so rows get budgets of
+    their own, the most valuable draft tokens over all rows first; otherwise (the embedded engine pads
+    every row to the widest) one width for all its rows."""
+
+    def __init__(self, k: int, prior_ms_by_tokens: dict[int, float], explore: float = 0.05, seed: int = 0,
+                 packed: bool = False):
+        self.k, self.explore, self.packed = k, explore, packed
         self.costs = StepCosts(prior_ms_by_tokens)
+        self.token_costs = TokenCosts(prior_ms_by_tokens)
         self.overall = Acceptance(GLOBAL_DECAY)
         self.rows: dict[Hashable, Acceptance] = {}
         self.calibration = Calibration()
         self.confident = False  # the proposer states confidences: draft k, then trim
         self.propose_seconds = 0.0  # decayed mean time of a proposer call that drafted
         self.random = random.Random(seed)
-        self.chosen: Counter[int] = Counter()  # budgets chosen, for the metrics
+        self.chosen: Counter[int] = Counter()  # budgets chosen (row-steps), for the metrics
 
     def rate(self, row) -> float:
         mine = self.rows.get(row.seq_id)
@@ -136,6 +125,8 @@ class AutoDraftLength:
         if self.confident:
             return [self.k] * len(rows)  # ``trim`` chooses, once the drafts and their confidences are known
         rates = [self.rate(row) for row in rows]
+        if self.packed:
+            return self._allocate([gains(a, self.k) for a in rates], batch_size, self.propose_seconds)
         width = self._choose(min(floor_width, self.k + 1), self.k + 1,
                              lambda w: self._throughput(rates, batch_size, w, self.propose_seconds))
         self.chosen[width - 1] += len(rows)
@@ -149,10 +140,33 @@ class AutoDraftLength:
         self.confident = True
         rates = [self._confidence_rates(row, d.confidence) if d.confidence is not None else self.rate(row)
                  for row, d in zip(rows, drafts)]
+        if self.packed:
+            return self._allocate([gains(a, n) for a, n in zip(rates, lengths)], batch_size, 0.0)
         width = self._choose(min(floor_width, max(lengths) + 1), max(lengths) + 1,
                              lambda w: self._throughput(rates, batch_size, w, 0.0))
         self.chosen[width - 1] += len(rows)
         return [min(n, width - 1) for n in lengths]
+
+    def _allocate(self, row_gains: list[list[float]], batch_size: int, propose_seconds: float) -> list[int]:
+        """Per-row budgets for a packed step: the t most valuable draft tokens over all rows, with t the
+        count of most expected tokens per second (each row's gains fall with depth, so a row's share of
+        the t is always a prefix of its draft); with probability ``explore`` a row's worth more or less."""
+        ranked = sorted(((g, i) for i, row in enumerate(row_gains) for g in row), key=lambda x: -x[0])
+        tokens, best_t = float(batch_size), 0  # rows of other strategies emit one token at least
+        best = tokens / self.token_costs.seconds(batch_size)
+        for t, (g, _) in enumerate(ranked, 1):
+            tokens += g
+            value = tokens / (self.token_costs.seconds(batch_size + t) + propose_seconds)
+            if value > best:
+                best_t, best = t, value
+        if self.random.random() < self.explore:
+            best_t = min(len(ranked), max(0, best_t + self.random.choice((-1, 1)) * len(row_gains)))
+        budgets = [0] * len(row_gains)
+        for _, i in ranked[:best_t]:
+            budgets[i] += 1
+        for b in budgets:
+            self.chosen[b] += 1
+        return budgets
 
     def _confidence_rates(self, row, confidence) -> list[float]:
         """Each token's calibrated chance, scaled by how this row's drafts fare against all rows'."""
@@ -175,8 +189,13 @@ class AutoDraftLength:
         return tokens / seconds
 
     def observe(self, rows: list, drafts: list, accepted: list[int], batch_size: int, width: int,
-                target_seconds: float, propose_seconds: float) -> None:
-        self.costs.observe(batch_size, width, target_seconds)
+                target_seconds: float, propose_seconds: float, tokens: int | None = None) -> None:
+        """One verified step: its cost (``tokens``: what a packed step verified; else ``batch_size`` rows at
+        ``width``) and what each of this strategy's rows had accepted of its draft."""
+        if self.packed and tokens is not None:
+            self.token_costs.observe(tokens, target_seconds)
+        else:
+            self.costs.observe(batch_size, width, target_seconds)
         if any(d.token_ids for d in drafts):
             self.propose_seconds = 0.8 * self.propose_seconds + 0.2 * propose_seconds
         for row, draft, a in zip(rows, drafts, accepted):

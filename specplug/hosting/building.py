@@ -46,9 +46,10 @@ class StrategyBuilder:
     """Builds one engine's strategy tables; the tokenizer and a target copy load once, when first needed."""
 
     def __init__(self, shape: EngineShape, registry: Registry, keeps_draft_probs: bool = False,
-                 log: logging.Logger = logger):
+                 log: logging.Logger = logger, packed: bool = True):
         self.shape, self.registry, self.log = shape, registry, log
         self.keeps_draft_probs = keeps_draft_probs  # the engine verifies with the drafts' probabilities
+        self.packed = packed  # the engine verifies each row's own tokens (no padding to the widest row)
 
     def table(self, config: Config) -> StrategyTable:
         return build_table(config, functools.partial(self.strategy, config))
@@ -71,7 +72,7 @@ class StrategyBuilder:
         policy = None
         if entry.adaptive_k == "auto":
             policy = AutoDraftLength(k, assumed_prior(shape.max_num_seqs * (shape.max_k + 1)),
-                                     config.serve.auto_explore)
+                                     config.serve.auto_explore, packed=self.packed)
         return Strategy(name, proposer, k, entry.adaptive_k is True, policy, config.source)
 
     @functools.cache

@@ -104,15 +104,15 @@ class Drafting:
                 self.faults.record(strategy, "on_verified", exc, [row for row in rows if row.strategy is strategy])
 
     def observe(self, rows: Sequence[Row], drafts: Sequence[Draft], accepted: Sequence[int], batch_size: int,
-                width: int, target_seconds: float, propose_seconds: float) -> None:
+                width: int, target_seconds: float, propose_seconds: float, tokens: int | None = None) -> None:
         """Tell each policy what its rows' drafts cost (one verify step of ``batch_size`` rows, ``width``
-        tokens wide) and how much of them was accepted."""
+        tokens wide, ``tokens`` verified in all where the engine packs them) and how much was accepted."""
         for strategy, idx in group_by_strategy(rows).items():
             if strategy.policy is not None:
                 try:
                     strategy.policy.observe([rows[i] for i in idx], [drafts[i] for i in idx],
                                             [accepted[i] for i in idx], batch_size, width, target_seconds,
-                                            propose_seconds)
+                                            propose_seconds, tokens)
                 except Exception as exc:
                     self.faults.record(strategy, "policy", exc, [rows[i] for i in idx])
 

@@ -30,9 +30,9 @@ class DraftPolicy(Protocol):
         """How many tokens of each row's draft to verify, now that the drafts are known."""
 
     def observe(self, rows: list, drafts: list, accepted: list[int], batch_size: int, width: int,
-                target_seconds: float, propose_seconds: float) -> None:
+                target_seconds: float, propose_seconds: float, tokens: int | None = None) -> None:
         """One verify step: per row the draft verified and how many of it were accepted, and what the
-        step cost."""
+        step cost (``tokens``: what it verified in all, where the engine packs rows rather than pads)."""
 
 
 @dataclass(eq=False)

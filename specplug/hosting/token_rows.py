@@ -45,6 +45,9 @@ class BatchView:
     # whether the target step timed since the last call prefilled anything; None: the host calls after its
     # step (vLLM), so a row that is new or still in prefill now says so
     step_had_prefill: bool | None = None
+    # the host calls before its step (TensorRT-LLM): the step timed since the last call verified every row
+    # drafted for then; after it (vLLM): the rows still here (those that finished had left it)
+    calls_before_step: bool = False
 
 
 class RowMatcher:
@@ -127,7 +130,8 @@ class TokenRows:
         if prefill is None:
             prefill = fresh or any(not len(s) and n for s, n in zip(batch.sampled, batch.num_tokens))
         if target_seconds is not None and not prefill:
-            self._observe(list(rows.values()), [batch.sampled[i] for i in rows], target_seconds)
+            self._observe(list(rows.values()), [batch.sampled[i] for i in rows], target_seconds,
+                          batch.calls_before_step)
         return rows
 
     def draft(self, table: StrategyTable, batch: BatchView, rows: dict[int, Row]) -> list[Draft]:
@@ -171,12 +175,16 @@ class TokenRows:
                 told.append(row), accepted.append(n), emitted.append(tokens)
         self.drafting.verified(told, accepted, emitted)
 
-    def _observe(self, rows: list[Row], sampled: list[Sequence[int]], target_seconds: float) -> None:
-        """Last step's cost for the rows it verified (none joined or was in prefill in it)."""
+    def _observe(self, rows: list[Row], sampled: list[Sequence[int]], target_seconds: float,
+                 calls_before_step: bool) -> None:
+        """Last step's cost and acceptance (no row joined or was in prefill in it)."""
         drafts = [self.last.get(row.seq_id, Draft([])) for row in rows]
         accepted = [min(len(s) - 1, len(d.token_ids)) for s, d in zip(sampled, drafts)]
-        width = 1 + max((len(d.token_ids) for d in drafts), default=0)
-        self.drafting.observe(rows, drafts, accepted, len(rows), width, target_seconds, self.propose_seconds)
+        verified = list(self.last.values()) if calls_before_step else drafts
+        width = 1 + max((len(d.token_ids) for d in verified), default=0)
+        tokens = sum(1 + len(d.token_ids) for d in verified)
+        self.drafting.observe(rows, drafts, accepted, len(verified), width, target_seconds, self.propose_seconds,
+                              tokens)
 
     def _count(self, table: StrategyTable, any_rows: bool) -> None:
         if self.stats is None:

@@ -1,0 +1,77 @@
+"""What a step costs, as ``auto`` learns it: a prior by token count, corrected by every measured step.
+
+- ``StepCosts``: an engine that pads a step to its widest row (the embedded engine): a step of B rows at
+  width W costs what its B * W tokens cost, corrected per (rows, width) measured.
+- ``TokenCosts``: an engine that packs each row's own tokens (vLLM, TensorRT-LLM): a step costs what its
+  tokens cost, whatever the rows; every measured step corrects the estimate at its token count, and a
+  count not yet measured reads the correction between its measured neighbours.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+COST_DECAY = 0.9  # weight of older step-time ratios at one (rows, width) or token count
+
+
+class Prior:
+    """Seconds for a forward of ``tokens``, interpolated from a table of ms by token count (linearly
+    extrapolated past it)."""
+
+    def __init__(self, prior_ms_by_tokens: dict[int, float]):
+        self.tokens = sorted(prior_ms_by_tokens)
+        self.prior_ms = [prior_ms_by_tokens[t] for t in self.tokens]
+
+    def __call__(self, tokens: int) -> float:
+        xs, ys = self.tokens, self.prior_ms
+        i = min(max(bisect.bisect_left(xs, tokens), 1), len(xs) - 1)
+        x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+        return max(y0 + (y1 - y0) * (tokens - x0) / (x1 - x0), ys[0]) / 1000.0
+
+
+def _decayed(old: float | None, new: float) -> float:
+    return new if old is None else COST_DECAY * old + (1 - COST_DECAY) * new
+
+
+class StepCosts:
+    """Seconds per verify step by (rows, width): measured prior by token count, corrected online."""
+
+    def __init__(self, prior_ms_by_tokens: dict[int, float]):
+        self.prior = Prior(prior_ms_by_tokens)
+        self.ratio: dict[tuple[int, int], float] = {}  # measured / prior at (rows, width)
+
+    def seconds(self, rows: int, width: int) -> float:
+        ratio = self.ratio.get((rows, width))
+        if ratio is None:  # unseen: what this batch size (else any) measured against the prior
+            near = [r for (b, _), r in self.ratio.items() if b == rows] or list(self.ratio.values()) or [1.0]
+            ratio = sum(near) / len(near)
+        return self.prior(rows * width) * ratio
+
+    def observe(self, rows: int, width: int, seconds: float) -> None:
+        self.ratio[(rows, width)] = _decayed(self.ratio.get((rows, width)), seconds / self.prior(rows * width))
+
+
+class TokenCosts:
+    """Seconds per step by the tokens it verifies (a packed engine), shared by every batch size."""
+
+    def __init__(self, prior_ms_by_tokens: dict[int, float]):
+        self.prior = Prior(prior_ms_by_tokens)
+        self.ratio: dict[int, float] = {}  # measured / prior at a token count
+
+    def seconds(self, tokens: int) -> float:
+        return self.prior(tokens) * self._ratio(tokens)
+
+    def _ratio(self, tokens: int) -> float:
+        if tokens in self.ratio:
+            return self.ratio[tokens]
+        known = sorted(self.ratio)
+        if not known:
+            return 1.0
+        i = bisect.bisect_left(known, tokens)
+        if i == 0 or i == len(known):  # beyond what was measured: the nearest correction, on the prior's slope
+            return self.ratio[known[min(i, len(known) - 1)]]
+        (x0, x1), (r0, r1) = (known[i - 1], known[i]), (self.ratio[known[i - 1]], self.ratio[known[i]])
+        return r0 + (r1 - r0) * (tokens - x0) / (x1 - x0)
+
+    def observe(self, tokens: int, seconds: float) -> None:
+        self.ratio[tokens] = _decayed(self.ratio.get(tokens), seconds / self.prior(tokens))
