@@ -73,7 +73,8 @@ def test_token_costs_share_what_one_token_count_measured_with_its_neighbours():
     costs.observe(16, 0.013)  # half the prior at 16 tokens
     costs.observe(48, 0.087)  # 1.5 times the prior at 48 (58 ms)
     assert costs.seconds(32) == pytest.approx(1.0 * 0.042)  # between them: the correction interpolated
-    assert costs.seconds(64) == pytest.approx(1.5 * 0.074)  # past them: the nearest correction
+    assert costs.seconds(64) == pytest.approx(0.087 + 16 * (0.087 - 0.013) / 32)  # past them: the measured line
+    assert costs.seconds(8) == pytest.approx(0.5 * 0.018)  # below them: the nearest correction
 
 
 def test_packed_hosts_give_each_row_its_own_budget():

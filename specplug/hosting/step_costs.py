@@ -52,26 +52,47 @@ class StepCosts:
 
 
 class TokenCosts:
-    """Seconds per step by the tokens it verifies (a packed engine), shared by every batch size."""
+    """Seconds per step by the tokens it verifies (a packed engine), shared by every batch size.
+
+    Within the token counts measured, the correction of the prior is interpolated between the nearest
+    measured counts. Past them, the line fitted to the measured steps (seconds against tokens, recent
+    steps weighing most) extends the estimate, never below the cost at the widest count measured: the
+    prior's own slope is a guess (``assumed_prior``), the fitted one is this engine's."""
 
     def __init__(self, prior_ms_by_tokens: dict[int, float]):
         self.prior = Prior(prior_ms_by_tokens)
         self.ratio: dict[int, float] = {}  # measured / prior at a token count
+        self.fit = [0.0] * 5  # decayed sums of weight, t, s, t * t, t * s over measured steps
 
     def seconds(self, tokens: int) -> float:
-        return self.prior(tokens) * self._ratio(tokens)
+        known = sorted(self.ratio)
+        if known and tokens > known[-1]:
+            widest = self.prior(known[-1]) * self.ratio[known[-1]]
+            line = self._line(tokens)
+            return max(widest, line) if line is not None else self.prior(tokens) * self.ratio[known[-1]]
+        return self.prior(tokens) * self._ratio(tokens, known)
 
-    def _ratio(self, tokens: int) -> float:
+    def _ratio(self, tokens: int, known: list[int]) -> float:
         if tokens in self.ratio:
             return self.ratio[tokens]
-        known = sorted(self.ratio)
         if not known:
             return 1.0
         i = bisect.bisect_left(known, tokens)
-        if i == 0 or i == len(known):  # beyond what was measured: the nearest correction, on the prior's slope
-            return self.ratio[known[min(i, len(known) - 1)]]
+        if i == 0:  # below what was measured: the nearest correction
+            return self.ratio[known[0]]
         (x0, x1), (r0, r1) = (known[i - 1], known[i]), (self.ratio[known[i - 1]], self.ratio[known[i]])
         return r0 + (r1 - r0) * (tokens - x0) / (x1 - x0)
 
+    def _line(self, tokens: int) -> float | None:
+        w, t, s, tt, ts = self.fit
+        spread = w * tt - t * t
+        if len(self.ratio) < 2 or spread <= 1e-9 * max(w * tt, 1e-12):
+            return None
+        slope = (w * ts - t * s) / spread
+        return (s - slope * t) / w + max(slope, 0.0) * tokens
+
     def observe(self, tokens: int, seconds: float) -> None:
         self.ratio[tokens] = _decayed(self.ratio.get(tokens), seconds / self.prior(tokens))
+        decay = 1 - (1 - COST_DECAY) / 10  # the line remembers longer than one count's correction
+        self.fit = [decay * old + new for old, new in zip(self.fit, (1.0, tokens, seconds, tokens * tokens,
+                                                                     tokens * seconds))]
