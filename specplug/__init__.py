@@ -1,13 +1,23 @@
-"""specplug: speculative decoding with pluggable proposers and lossless verification."""
+"""specplug: speculative decoding with pluggable proposers and lossless verification.
 
-from specplug.hookspecs import hookimpl, hookspec
-from specplug.metadata import Draft, DraftRequest, ProposerContext, SamplingParams, VerifyOutcome
-from specplug.proposers.base import Proposer
-from specplug.verifiers.base import Verifier
+The plugin API is ``specplug.api``; its names are also reachable here (``from specplug import Proposer``),
+loaded on first use, so that ``import specplug`` alone (a pytest plugin, a CLI's start) loads nothing heavy.
+"""
+
+import importlib
+import importlib.util
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Draft", "DraftRequest", "Proposer", "ProposerContext", "SamplingParams", "Verifier",
-    "VerifyOutcome", "hookimpl", "hookspec",
-]
+
+def __getattr__(name: str):
+    if name.startswith("__") or importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        raise AttributeError(name)  # a submodule: `from specplug import hookspecs` then imports it
+    api = importlib.import_module("specplug.api")
+    if name in api.__all__:
+        return getattr(api, name)
+    raise AttributeError(f"module 'specplug' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *importlib.import_module("specplug.api").__all__])

@@ -17,47 +17,9 @@ from specplug.config import Config
 from specplug.models.costs import bandwidth_limit_tps, cost_by_width
 from specplug.models.kernels import cpu_model
 from specplug.models.loader import load_hf_model, parse_dtype
+from specplug.models.ties import first_mismatch
 from specplug.llm import LLM
 from specplug.prompts import Prompt
-
-# One k-token forward and k one-token forwards give logits up to ~5e-5 apart in fp32; a greedy
-# mismatch is legitimate only where the top two logits are closer than this.
-NEAR_TIE = 1e-4
-# In bfloat16 / float16 the logits themselves are rounded to 8 / 11 significant bits and every layer's
-# output is rounded again, so a multi-token verify pass and a one-token step can part where the top two
-# logits lie within a few units in the last place: measured gaps of 0.125-0.5 at logits near 16-20.
-HALF_NEAR_TIE_ULPS = 4
-
-
-def near_tie_threshold(dtype: torch.dtype, top: float) -> float:
-    """Top-2 logit gap below which rounding may legitimately flip a greedy choice in ``dtype``."""
-    if dtype in (torch.bfloat16, torch.float16):
-        return HALF_NEAR_TIE_ULPS * torch.finfo(dtype).eps * max(abs(top), 1.0)
-    return NEAR_TIE
-
-
-@torch.inference_mode()
-def first_mismatch(hf_model, prompt_ids: list[int], reference: list[int], other: list[int]) -> dict[str, Any] | None:
-    """Where two greedy outputs part, with the reference's top-2 logit gap there (None if equal).
-
-    ``near_tie`` is True when the gap is below ``near_tie_threshold`` for the model's dtype: rounding
-    may then flip the argmax.
-    """
-    for i, (a, b) in enumerate(zip(reference, other)):
-        if a != b:
-            break
-    else:
-        if len(reference) == len(other):
-            return None
-        return {"position": min(len(reference), len(other)), "gap": None, "near_tie": False,
-                "reason": "lengths differ"}
-    logits = hf_model(torch.tensor([prompt_ids + reference[:i]])).logits[0, -1].float()
-    top = torch.topk(logits, 2).values
-    gap = float(top[0] - top[1])
-    threshold = near_tie_threshold(hf_model.dtype, float(top[0]))
-    return {"position": i, "gap": gap, "threshold": threshold, "near_tie": gap <= threshold,
-            "reason": f"token {a} vs {b}"}
-
 
 @torch.inference_mode()
 def hf_generate(hf_model, prompt_ids: list[int], max_new_tokens: int, eos: list[int]) -> list[int]:

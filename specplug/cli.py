@@ -21,8 +21,9 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"specplug: warning: {message}\n"
 
 
-def build_parser(registry=None) -> argparse.ArgumentParser:
-    """The command line; ``registry`` (default: every installed plugin's) supplies the plugins' commands."""
+def build_parser(registry=None, command: str | None = None) -> argparse.ArgumentParser:
+    """The command line; ``registry`` (default: every installed plugin's) supplies the plugins' commands.
+    Given the ``command`` about to run, only that plugin command's arguments are added (importing its module)."""
     parser = argparse.ArgumentParser(prog="specplug", description="Speculative decoding with pluggable proposers.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -59,20 +60,21 @@ def build_parser(registry=None) -> argparse.ArgumentParser:
     bench.add_argument("--prompts-file", required=True)
     bench.add_argument("--json", action="store_true")
 
-    add_plugin_commands(sub, registry)
+    add_plugin_commands(sub, registry, command)
     return parser
 
 
-def add_plugin_commands(sub, registry=None) -> None:
+def add_plugin_commands(sub, registry=None, only: str | None = None) -> None:
     """The commands plugins add (``register.command``, ``register.tuner``): ``specplug NAME`` and
-    ``specplug tune NAME``."""
+    ``specplug tune NAME``; with ``only``, the arguments of that one alone."""
     from specplug.plugins import load_registry
 
     commands = sorted((registry or load_registry()).commands.values(), key=lambda c: (c.group or "", c.name))
     tuners = [c for c in commands if c.group == "tune"]
     for command in (c for c in commands if c.group is None):
         parser = sub.add_parser(command.name, help=command.help)
-        command.configure(parser)
+        if only in (None, command.name):
+            command.configurer()(parser)
         parser.set_defaults(command_entry=command)
     if tuners:
         tune = sub.add_parser("tune", help="choose a proposer's settings by measurement: "
@@ -80,13 +82,15 @@ def add_plugin_commands(sub, registry=None) -> None:
         by_name = tune.add_subparsers(dest="tuner", required=True, metavar="PROPOSER")
         for command in tuners:
             parser = by_name.add_parser(command.name, help=command.help)
-            command.configure(parser)
+            if only in (None, "tune"):
+                command.configurer()(parser)
             parser.set_defaults(command_entry=command)
 
 
 def main(argv: Sequence[str] | None = None, registry=None) -> int:
     warnings.formatwarning = _one_line_warning  # before the plugins load: their warnings are one line too
-    args = build_parser(registry).parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(registry, next((arg for arg in argv if not arg.startswith("-")), None)).parse_args(argv)
     try:
         if args.command == "plugins":
             return cmd_plugins(args)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import AutoConfig
 
+from specplug.arguments import add_config_args
 from specplug.config import Config, PluginChoice
 from specplug.models.loader import load_hf_model, load_tokenizer, resolve_model
 from specplug.errors import SpecplugError
@@ -79,7 +80,7 @@ def parse_layers(text: str) -> list[int]:
 
 
 def choose_layers(num_target_layers: int, num_layers: int | None, layers: list[int] | None) -> list[int]:
-    """``layers`` as given (checked), else ``num_layers`` (default 6) spread evenly."""
+    """``layers`` as given (checked), else ``num_layers`` (default ``DEFAULT_NUM_LAYERS``) spread evenly."""
     if num_layers is not None and layers is not None:
         raise SpecplugError("give either --num-layers or --layers, not both")
     if layers is None:
@@ -291,6 +292,21 @@ def make_draft(config: Config, out: str | Path, layers: list[int] | None = None,
     return info
 
 
+def configure(parser) -> None:
+    """``specplug make-draft``'s arguments."""
+    add_config_args(parser, max_new_tokens=False)
+    parser.add_argument("--num-layers", type=int,
+                        help=f"target layers to keep, spread evenly (default {DEFAULT_NUM_LAYERS})")
+    parser.add_argument("--layers", help="exact target layers to keep, e.g. 0,4,8 (instead of --num-layers)")
+    parser.add_argument("--distill-steps", type=int, default=DEFAULT_DISTILL_STEPS,
+                        help="distillation steps of 4 sequences (default %(default)s; 0: the layer subset only)")
+    parser.add_argument("--gen-tokens", type=int, default=DEFAULT_GEN_TOKENS,
+                        help="tokens the target generates per prompt (default %(default)s)")
+    parser.add_argument("--prompts-file", help="JSONL prompts to generate the training text from "
+                                               f"(default: a built-in set of {len(DISTILL_PROMPTS)})")
+    parser.add_argument("--out", help="output HF directory (default: proposer.model of a draft_model config)")
+
+
 def run_command(args) -> int:
     """``specplug make-draft`` (registered by the draft_model plugin)."""
     from specplug.config import load_config
@@ -305,8 +321,7 @@ def run_command(args) -> int:
         out = config.proposer.options["model"]
     info = make_draft(config, out, layers=None if args.layers is None else parse_layers(args.layers),
                       num_layers=args.num_layers,
-                      steps=DEFAULT_DISTILL_STEPS if args.distill_steps is None else args.distill_steps,
-                      gen_tokens=DEFAULT_GEN_TOKENS if args.gen_tokens is None else args.gen_tokens,
+                      steps=args.distill_steps, gen_tokens=args.gen_tokens,
                       prompts=read_prompts_file(args.prompts_file) if args.prompts_file else None)
     loss = "" if info["final_loss"] is None else f", training KL {info['initial_loss']:.3f} -> {info['final_loss']:.3f}"
     print(f"draft with target layers {info['layers']} written to {out} "

@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 
 hookspec = pluggy.HookspecMarker("specplug")
 hookimpl = pluggy.HookimplMarker("specplug")
+# The plugin API's version (``specplug.api``): a plugin may declare ``specplug_api_version = 1``; one built
+# for another version is skipped with a warning. Raised whenever the surface of ``specplug.api`` changes.
+API_VERSION = 1
 
 
 @hookspec

@@ -18,8 +18,8 @@ from specplug.engine.engine import Engine, EngineRow, Request, StepOutput
 from specplug.hosting.auto import AutoDraftLength
 from specplug.hosting.strategy import Strategy
 from specplug.models.costs import cost_by_width
-from specplug.models.loader import (compact_from_hf, load_hf_model, load_tokenizer, parse_device, parse_dtype,
-                                    resolve_model)
+from specplug.models.loader import (compact_from_hf, eos_ids, load_hf_model, load_tokenizer, parse_device,
+                                    parse_dtype, resolve_model)
 from specplug.metadata import ProposerContext, SamplingParams
 from specplug.sampling import request_seed
 from specplug.plugins import load_registry
@@ -36,12 +36,6 @@ class Completion:
     token_ids: list[int]  # generated ids only
     finish_reason: str  # "stop" or "length"
     stats: dict[str, Any] = field(default_factory=dict)
-
-
-def eos_ids(hf_model, tokenizer) -> list[int]:
-    eos = getattr(hf_model.generation_config, "eos_token_id", None)
-    eos = tokenizer.eos_token_id if eos is None else eos
-    return [eos] if isinstance(eos, int) else list(eos or [])
 
 
 class LLM:

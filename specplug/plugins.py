@@ -23,10 +23,10 @@ import pluggy
 
 from specplug import hookspecs
 from specplug.errors import closest
+from specplug.hookspecs import API_VERSION
 from specplug.registry import Kind, Registrar, Registry
 
 ENTRY_POINT_GROUP = "specplug"
-API_VERSION = 1  # a plugin may declare `specplug_api_version = 1`; another value is skipped with a warning
 
 DEFAULT_PLUGINS = (
     "specplug.proposers.ngram",

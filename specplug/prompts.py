@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from specplug.config import MAX_SAMPLING_SEED
+from specplug.config.checks import sampling_problem
 from specplug.errors import SpecplugError
 
 Prompt = str | list[dict[str, str]]  # raw text, or chat messages [{"role": ..., "content": ...}]
@@ -100,8 +100,9 @@ def _messages(value: Any, where: str) -> list[dict[str, str]]:
 
 def _seed(item: dict[str, Any], where: str) -> int | None:
     seed = item.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SAMPLING_SEED):
-        raise SpecplugError(f'{where}: "seed" must be an integer from 0 to {MAX_SAMPLING_SEED} (got {seed!r})')
+    problem = sampling_problem(seed=seed)
+    if problem is not None:
+        raise SpecplugError(f"{where}: {problem[1]}")
     return seed
 
 

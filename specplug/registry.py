@@ -56,7 +56,7 @@ class Command:
 
     name: str
     help: str
-    configure: Callable[[Any], None]  # configure(parser): adds the command's arguments (an argparse parser)
+    configure: Callable[[Any], None] | str  # configure(parser) adds its arguments; or "module:function"
     run: Callable[[Any], int] | str  # run(args) -> exit status, or "module:function", imported when it runs
     plugin: str
     group: str | None = None  # None: ``specplug NAME``; "tune": ``specplug tune NAME``
@@ -66,10 +66,18 @@ class Command:
         return " ".join(filter(None, (self.group, self.name)))
 
     def runner(self) -> Callable[[Any], int]:
-        if callable(self.run):
-            return self.run
-        module, _, function = self.run.partition(":")
-        return getattr(importlib.import_module(module), function)
+        return _resolve(self.run)
+
+    def configurer(self) -> Callable[[Any], None]:
+        return _resolve(self.configure)
+
+
+def _resolve(target: Callable[..., Any] | str) -> Callable[..., Any]:
+    """A callable, or the function a "module:function" string names (imported now)."""
+    if callable(target):
+        return target
+    module, _, function = target.partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 
@@ -172,15 +180,16 @@ class Registrar:
         """Register a verifier factory: ``factory(options)`` with a schema, else ``factory(**options)``."""
         self._add("verifier", name, factory, options, capabilities or VerifierCapabilities())
 
-    def command(self, name: str, help: str, configure: Callable[[Any], None],
+    def command(self, name: str, help: str, configure: Callable[[Any], None] | str,
                 run: Callable[[Any], int] | str) -> None:
         """Add ``specplug NAME``: ``configure(parser)`` adds its arguments to an argparse parser,
         ``run(args)`` does the work and returns the exit status (a ``SpecplugError`` it raises is printed
-        as one line). ``run`` may be "module:function", imported only when the command runs (as an entry
-        point is), so that registering costs no import."""
+        as one line). Each may be "module:function", imported only when ``specplug NAME`` is given (as an
+        entry point is): so one module can hold a command's arguments, defaults and work, and registering
+        it costs no import."""
         self._add_command(Command(name, help, configure, run, self._plugin))
 
-    def tuner(self, name: str, help: str, configure: Callable[[Any], None],
+    def tuner(self, name: str, help: str, configure: Callable[[Any], None] | str,
               run: Callable[[Any], int] | str) -> None:
         """Add ``specplug tune NAME`` (the same contract as ``command``)."""
         self._add_command(Command(name, help, configure, run, self._plugin, group="tune"))

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from specplug.arguments import add_config_args, check_sizes
 from specplug.bench import machine_description, measure
 from specplug.config import Config, PluginChoice, config_to_dict
 from specplug.errors import SpecplugError
@@ -146,9 +147,21 @@ def default_study_path(out: Path) -> Path:
     return cache_dir() / "studies" / f"{out.stem}-{key}.study.db"
 
 
+def configure(parser) -> None:
+    """``specplug tune layerskip``'s arguments."""
+    add_config_args(parser)
+    parser.add_argument("--prompts-file", required=True, help="calibration prompts (JSONL)")
+    parser.add_argument("--trials", type=int, default=40,
+                        help="Optuna trials, resumed ones included (default %(default)s)")
+    parser.add_argument("--out", required=True, help="the tuned config file to write")
+    parser.add_argument("--max-skip-ratio", type=float, default=1.0,
+                        help="largest share of sub-layers a skip set may skip (default %(default)s: no limit)")
+    parser.add_argument("--study", help="Optuna study database (default: under ~/.cache/specplug/studies, keyed "
+                                        "by OUT); resumes")
+
+
 def run_command(args) -> int:
     """``specplug tune layerskip`` (registered by the layerskip plugin)."""
-    from specplug.arguments import check_sizes
     from specplug.config import load_config
     from specplug.prompts import read_prompts_file
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from specplug.bench import first_mismatch
+from specplug.models.ties import first_mismatch
 from specplug.config import load_config
 from specplug.plugins import make_plugin_manager
 

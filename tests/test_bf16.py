@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from specplug.bench import first_mismatch
+from specplug.models.ties import first_mismatch
 from tests.conftest import plain_llm
 from tests.prompts import GROUNDED, OPEN_ENDED
 

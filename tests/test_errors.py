@@ -216,7 +216,7 @@ def test_a_prompt_lines_seed_must_be_an_integer_in_range(tmp_path, seed):
 
     path = tmp_path / "p.jsonl"
     path.write_text('{"prompt": "a"}\n{"prompt": "b", "seed": ' + seed + "}\n")
-    with pytest.raises(SpecplugError, match=r'p.jsonl:2: "seed" must be an integer from 0 to 9223372036854775807'):
+    with pytest.raises(SpecplugError, match=r'p.jsonl:2: seed must be an integer from 0 to 9223372036854775807'):
         read_prompt_lines(path)
     path.write_text('{"prompt": "a"}\n{"prompt": "b", "seed": 3}\n')
     assert [line.seed for line in read_prompt_lines(path)] == [None, 3]
@@ -359,3 +359,17 @@ def test_seed_beyond_the_generator_range_is_refused_at_config_time():
     with pytest.raises(ConfigError, match=f"sampling.seed must be an integer from 0 to {MAX_SAMPLING_SEED} or null "
                                           f"\\(got {2**64}\\)"):
         load_config(overrides=[f"sampling.seed={2**64}"])
+
+
+@pytest.mark.parametrize(("field", "value"), [("temperature", -1.0), ("top_k", -2),
+                                              ("top_p", 0.0), ("top_p", 1.5), ("seed", 2**64), ("seed", -1)])
+def test_the_config_and_the_server_refuse_sampling_values_by_one_set_of_rules(field, value):
+    from specplug.server.protocol import ApiError, sampling
+
+    with pytest.raises(ConfigError) as config_error:
+        load_config(overrides=[f"sampling.{field}={value}"])
+    with pytest.raises(ApiError) as request_error:
+        sampling(load_config().sampling, **{"temperature": None, "top_p": None, "top_k": None, "seed": None,
+                                            field: value})
+    assert request_error.value.param == field
+    assert str(config_error.value) == f"sampling.{request_error.value}"

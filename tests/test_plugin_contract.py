@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 from dataclasses import dataclass
 
@@ -196,6 +197,29 @@ def test_a_plugin_contributes_commands_and_tuners(plugin_manager, capsys):
     with pytest.raises(SystemExit):
         main(["tune", "nothing"], registry)
     assert "invalid choice: 'nothing'" in capsys.readouterr().err
+
+
+def test_a_command_module_is_imported_only_when_its_command_is_given(plugin_manager, tmp_path, monkeypatch,
+                                                                      capsys):
+    """configure and run as "module:function": one module holds a command, and other commands never import it."""
+    from specplug.cli import main
+
+    (tmp_path / "greeting_command.py").write_text(
+        "def configure(parser):\n    parser.add_argument('--times', type=int, default=2, help='(default %(default)s)')\n"
+        "def run(args):\n    print('hi ' * args.times)\n    return 0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    class Lazy:
+        @hookimpl
+        def register_commands(self, register):
+            register.command("greet", "say hi", "greeting_command:configure", "greeting_command:run")
+
+    registry = registry_with(plugin_manager, Lazy())
+    assert main(["plugins", "--json"], registry) == 0
+    assert "greeting_command" not in sys.modules
+    capsys.readouterr()
+    assert main(["greet", "--times", "3"], registry) == 0
+    assert capsys.readouterr().out.strip() == "hi hi hi"
 
 
 def test_a_command_name_taken_twice_warns_and_the_first_stays(plugin_manager):

@@ -7,7 +7,6 @@ Proposer options are the keys under ``proposer:`` besides ``name``; the proposer
 from __future__ import annotations
 
 import copy
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from specplug.config.checks import (MAX_SPECULATIVE_TOKENS, PluginChoice, check_adaptive_k, check_keys, choice,
-                                    integer, require, speculative_tokens)
+from specplug.config.checks import (MAX_SAMPLING_SEED, MAX_SPECULATIVE_TOKENS, PluginChoice, check_adaptive_k,
+                                    check_keys, choice, integer, require, sampling_problem, speculative_tokens)
 from specplug.config.serve import SERVE_DEFAULTS, ServeConfig, StrategyConfig, parse_serve, serve_to_dict
 from specplug.errors import ConfigError
 from specplug.metadata import SamplingParams
@@ -25,7 +24,6 @@ __all__ = ["DEFAULTS", "LINEAR_KERNELS", "MAX_SAMPLING_SEED", "MAX_SPECULATIVE_T
            "ConfigWatcher", "PluginChoice", "ServeConfig", "StrategyConfig", "config_to_dict", "load_config",
            "validate", "with_overrides"]
 
-MAX_SAMPLING_SEED = 2**63 - 1  # torch generators take seeds below 2**64; one range for every entry point
 # how the embedded engine computes its linear layers (specplug/models/kernels.py): auto = measured
 LINEAR_KERNELS = ("auto", "linear", "w_x", "x_wt")
 
@@ -174,16 +172,8 @@ def validate(data: dict[str, Any], source: str = "defaults") -> Config:
     check_keys("sampling", sampling, DEFAULTS["sampling"])
     sampling = {**DEFAULTS["sampling"], **sampling}
     k = speculative_tokens(data["num_speculative_tokens"], "num_speculative_tokens")
-    temperature = sampling["temperature"]
-    require(_finite(temperature) and temperature >= 0,
-            f"sampling.temperature must be a number >= 0 and finite (got {temperature!r}); 0 means greedy")
-    require(integer(sampling["top_k"]) and sampling["top_k"] >= 0,
-            f"sampling.top_k must be an integer >= 0 (got {sampling['top_k']!r}); 0 turns it off")
-    top_p = sampling["top_p"]
-    require(_finite(top_p) and 0 < top_p <= 1,
-            f"sampling.top_p must be in (0, 1] (got {top_p!r}); 1 turns it off")
-    require(sampling["seed"] is None or (integer(sampling["seed"]) and 0 <= sampling["seed"] <= MAX_SAMPLING_SEED),
-            f"sampling.seed must be an integer from 0 to {MAX_SAMPLING_SEED} or null (got {sampling['seed']!r})")
+    problem = sampling_problem(**sampling)
+    require(problem is None, f"sampling.{problem and problem[1]}")
     for key in ("max_model_len", "max_new_tokens"):
         require(integer(data[key]) and data[key] >= 1, f"{key} must be an integer >= 1 (got {data[key]!r})")
     check_adaptive_k(data["adaptive_k"])
@@ -209,7 +199,8 @@ def validate(data: dict[str, Any], source: str = "defaults") -> Config:
         adaptive_k=data["adaptive_k"],
         proposer=choice(data, "proposer", DEFAULTS["proposer"]["name"]),
         verifier=choice(data, "verifier", DEFAULTS["verifier"]["name"]),
-        sampling=SamplingParams(float(temperature), sampling["top_k"], float(top_p), sampling["seed"]),
+        sampling=SamplingParams(float(sampling["temperature"]), sampling["top_k"], float(sampling["top_p"]),
+                                sampling["seed"]),
         max_model_len=data["max_model_len"], max_new_tokens=data["max_new_tokens"], stop=tuple(stop),
         threads=data["threads"], linear_kernel=data["linear_kernel"], enforce_eager=data["enforce_eager"],
         compile=data["compile"], serve=parse_serve(data, k), trtllm=parse_trtllm(data["trtllm"]), source=source,
@@ -232,15 +223,6 @@ def parse_trtllm(section: Any) -> dict[str, Any]:
     require(isinstance(data["cuda_graph_padding"], bool),
             f"trtllm.cuda_graph_padding must be true or false (got {data['cuda_graph_padding']!r})")
     return data
-
-
-def _finite(value: Any) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an integer beyond float range
-        return False
 
 
 def with_overrides(config: Config, overrides: dict[str, Any], source: str) -> Config:

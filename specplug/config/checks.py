@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from specplug.errors import ConfigError, closest
 
 MAX_SPECULATIVE_TOKENS = 64
+MAX_SAMPLING_SEED = 2**63 - 1  # torch generators take seeds below 2**64; one range for every entry point
 
 
 @dataclass(frozen=True)
@@ -56,3 +58,30 @@ def check_adaptive_k(value: Any, where: str = "adaptive_k") -> bool | str:
             f"{where} must be true, false or auto (got {value!r}); auto chooses each step's draft length "
             "from this machine's measured verify cost and the acceptance seen so far")
     return value
+
+
+def finite(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond float range
+        return False
+
+
+def sampling_problem(temperature: Any = 0.0, top_k: Any = 0, top_p: Any = 1.0,
+                     seed: Any = None) -> tuple[str, str] | None:
+    """The first sampling value that breaks a rule, as (field, one-line message), or None.
+
+    The one set of sampling rules: the config's ``sampling`` section, every server request and a prompts
+    file's ``"seed"`` are checked by it.
+    """
+    if not (finite(temperature) and temperature >= 0):
+        return "temperature", f"temperature must be a number >= 0 and finite (got {temperature!r}); 0 means greedy"
+    if not (integer(top_k) and top_k >= 0):
+        return "top_k", f"top_k must be an integer >= 0 (got {top_k!r}); 0 turns it off"
+    if not (finite(top_p) and 0 < top_p <= 1):
+        return "top_p", f"top_p must be in (0, 1] (got {top_p!r}); 1 turns it off"
+    if not (seed is None or (integer(seed) and 0 <= seed <= MAX_SAMPLING_SEED)):
+        return "seed", f"seed must be an integer from 0 to {MAX_SAMPLING_SEED} or null (got {seed!r})"
+    return None

@@ -211,3 +211,10 @@ def load_tokenizer(model_dir: Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(model_dir)
+
+
+def eos_ids(hf_model, tokenizer) -> list[int]:
+    """The token ids that end a generation: the model's generation config, else the tokenizer's EOS."""
+    eos = getattr(hf_model.generation_config, "eos_token_id", None)
+    eos = tokenizer.eos_token_id if eos is None else eos
+    return [eos] if isinstance(eos, int) else list(eos or [])

@@ -15,8 +15,6 @@ class Proposer(ABC):
     Rows join and leave between steps; ``release`` tells a stateful proposer a row is gone.
     """
 
-    name: str = "proposer"
-
     @abstractmethod
     def propose(self, requests: Sequence[DraftRequest]) -> list[Draft]:
         """Return one ``Draft`` per request, in order (an empty draft is allowed)."""
@@ -26,6 +24,17 @@ class Proposer(ABC):
 
     def release(self, seq_id: Hashable) -> None:  # noqa: B027 - optional hook
         """Forget everything kept for ``seq_id`` (the row finished or was cancelled)."""
+
+
+def token_list(token_ids: Sequence[int]) -> list[int]:
+    """A row's tokens as a list of ints, whether the host passed a list or a numpy array (vLLM)."""
+    return token_ids.tolist() if hasattr(token_ids, "tolist") else [int(t) for t in token_ids]
+
+
+def extends(seen: Sequence[int], token_ids: Sequence[int]) -> bool:
+    """Whether ``token_ids`` carries on from the ``seen`` tokens a proposer kept for a row (checked at the
+    last of them: a row only ever grows, or is a new request under a reused id)."""
+    return len(token_ids) >= len(seen) and (not seen or int(token_ids[len(seen) - 1]) == seen[-1])
 
 
 def proposer_name(proposer: Proposer) -> str:

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from specplug.errors import ConfigError
-from specplug.arguments import add_config_args
 from specplug.hookspecs import hookimpl
 from specplug.metadata import ProposerContext
 from specplug.models.llama import CompactLlama
@@ -70,23 +69,11 @@ def make_draft_model(context: ProposerContext, options: DraftModelOptions) -> Mo
                         enforce_eager=context.enforce_eager)
 
 
-def configure_make_draft(parser) -> None:
-    """``specplug make-draft``'s arguments."""
-    add_config_args(parser, max_new_tokens=False)
-    parser.add_argument("--num-layers", type=int, help="target layers to keep, spread evenly (default 6)")
-    parser.add_argument("--layers", help="exact target layers to keep, e.g. 0,4,8 (instead of --num-layers)")
-    parser.add_argument("--distill-steps", type=int, help="distillation steps of 4 sequences (default 120; "
-                                                          "0: the layer subset only)")
-    parser.add_argument("--gen-tokens", type=int, help="tokens the target generates per prompt (default 128)")
-    parser.add_argument("--prompts-file", help="JSONL prompts to generate the training text from "
-                                               "(default: a built-in set of 24)")
-    parser.add_argument("--out", help="output HF directory (default: proposer.model of a draft_model config)")
-
-
 @hookimpl
 def register_commands(register):
     register.command("make-draft", "build a draft model from a subset of the target's layers, distilled on text "
-                     "the target generates", configure_make_draft, "specplug.distill:run_command")
+                     "the target generates", "specplug.distill:configure",
+                     "specplug.distill:run_command")
 
 
 @hookimpl

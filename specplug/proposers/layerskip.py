@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from specplug.errors import ConfigError
-from specplug.arguments import add_config_args
 from specplug.hookspecs import hookimpl
 from specplug.metadata import ProposerContext
 from specplug.models.llama import CompactLlama, LayerPlan
@@ -66,22 +65,10 @@ def make_layerskip(context: ProposerContext, options: LayerskipOptions) -> Model
                         enforce_eager=context.enforce_eager)
 
 
-def configure_tune(parser) -> None:
-    """``specplug tune layerskip``'s arguments."""
-    add_config_args(parser)
-    parser.add_argument("--prompts-file", required=True, help="calibration prompts (JSONL)")
-    parser.add_argument("--trials", type=int, default=40, help="Optuna trials, resumed ones included (default 40)")
-    parser.add_argument("--out", required=True, help="the tuned config file to write")
-    parser.add_argument("--max-skip-ratio", type=float, default=1.0,
-                        help="largest share of sub-layers a skip set may skip (default 1: no limit)")
-    parser.add_argument("--study", help="Optuna study database (default: under ~/.cache/specplug/studies, keyed "
-                                        "by OUT); resumes")
-
-
 @hookimpl
 def register_commands(register):
     register.tuner(NAME, "choose the layerskip skip set by Bayesian optimisation on measured tok/s",
-                   configure_tune, "specplug.tune:run_command")
+                   "specplug.tune:configure", "specplug.tune:run_command")
 
 
 @hookimpl

@@ -21,7 +21,7 @@ import torch
 from specplug.metadata import Draft, DraftRequest
 from specplug.models.llama import CompactLlama, LayerPlan
 from specplug.models.runner import StepRunner
-from specplug.proposers.base import Proposer
+from specplug.proposers.base import Proposer, token_list
 from specplug.sampling import make_generator, target_probs
 
 
@@ -89,7 +89,7 @@ class ModelDrafter(Proposer):
         """Roll each row back to what it shares with its tokens, feed the rest: logits [B, V]."""
         chunks = []
         for row, request in zip(rows, requests):
-            tokens = _as_list(request.token_ids)
+            tokens = token_list(request.token_ids)
             common = min(_common_prefix(row.fed, tokens), len(tokens) - 1)  # feed at least the last
             self.cache.rollback(row.slot, common)
             row.fed = tokens[:common]
@@ -143,10 +143,6 @@ class ModelDrafter(Proposer):
             if len(drafts[request.seq_id]) < request.max_draft_tokens:
                 still.append(i)
         return still
-
-
-def _as_list(token_ids: Sequence[int]) -> list[int]:
-    return token_ids.tolist() if hasattr(token_ids, "tolist") else list(token_ids)
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

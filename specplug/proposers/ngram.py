@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from specplug.hookspecs import hookimpl
 from specplug.metadata import Draft, DraftRequest, ProposerContext
 from specplug.options import option
-from specplug.proposers.base import Proposer
+from specplug.proposers.base import Proposer, extends, token_list
 from specplug.registry import ProposerCapabilities
 
 
@@ -26,16 +26,11 @@ class NgramIndex:
         self.tokens: list[int] = []
         self.tables: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in self.sizes}
 
-    def follows(self, token_ids: Sequence[int]) -> bool:
-        """True when ``token_ids`` extends the tokens indexed so far (checked at the last one)."""
-        seen = len(self.tokens)
-        return len(token_ids) >= seen and (seen == 0 or int(token_ids[seen - 1]) == self.tokens[-1])
-
     def extend(self, token_ids: Sequence[int]) -> None:
         """Index the tokens of ``token_ids`` beyond those already seen."""
         start = len(self.tokens)
         new = token_ids[start:]
-        self.tokens.extend(new.tolist() if hasattr(new, "tolist") else new)
+        self.tokens.extend(token_list(new))
         tokens = self.tokens
         # The n-gram tokens[end - n:end] is indexed once the token after it (tokens[end]) exists,
         # so a lookup of the final n-gram only finds earlier occurrences.
@@ -68,7 +63,7 @@ class NgramProposer(Proposer):
 
     def _propose_one(self, request: DraftRequest) -> list[int]:
         index = self.indexes.get(request.seq_id)
-        if index is None or not index.follows(request.token_ids):
+        if index is None or not extends(index.tokens, request.token_ids):
             index = self.indexes[request.seq_id] = NgramIndex(self.min_n, self.max_n)
         index.extend(request.token_ids)
         if request.max_draft_tokens <= 0:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from specplug.hookspecs import hookimpl
 from specplug.metadata import Draft, DraftRequest, ProposerContext, VerifyOutcome
 from specplug.options import option
-from specplug.proposers.base import Proposer
+from specplug.proposers.base import Proposer, extends, token_list
 from specplug.proposers.suffix_automaton import SuffixAutomaton
 from specplug.proposers.suffix_tree import GlobalCache
 from specplug.registry import ProposerCapabilities
@@ -75,14 +75,9 @@ class RowState:
         self.automaton = SuffixAutomaton(bound)
         self.tail: list[int] = []
 
-    def follows(self, token_ids: Sequence[int]) -> bool:
-        """True when ``token_ids`` extends the tokens kept so far (checked at the last one)."""
-        seen = len(self.tokens)
-        return len(token_ids) >= seen and (seen == 0 or int(token_ids[seen - 1]) == self.tokens[-1])
-
     def catch_up(self, token_ids: Sequence[int]) -> None:
         new = token_ids[len(self.tokens):]
-        new = new.tolist() if hasattr(new, "tolist") else [int(t) for t in new]
+        new = token_list(new)
         for token in new:
             self.automaton.extend(token)
         self.tokens.extend(new)
@@ -108,7 +103,7 @@ class SuffixProposer(Proposer):
 
     def _row(self, request: DraftRequest) -> RowState:
         row = self.rows.get(request.seq_id)
-        if row is None or not row.follows(request.token_ids):
+        if row is None or not extends(row.tokens, request.token_ids):
             row = self.rows[request.seq_id] = RowState(request.num_prompt_tokens, self.bound)
         row.catch_up(request.token_ids)
         return row

@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import Request
 
-from specplug.config import MAX_SAMPLING_SEED
+from specplug.config.checks import sampling_problem
 from specplug.errors import SpecplugError
 from specplug.metadata import SamplingParams
 from specplug.prompts import Prompt, check_text, encode_prompt
@@ -106,15 +106,9 @@ def sampling(default: SamplingParams, temperature: float | None, top_p: float | 
     temperature = default.temperature if temperature is None else temperature
     top_p = default.top_p if top_p is None else top_p
     top_k = default.top_k if top_k is None else top_k
-    if not 0 <= temperature < float("inf"):
-        raise ApiError(f"temperature must be a finite number >= 0 (got {temperature}); 0 is greedy",
-                       param="temperature")
-    if not 0 < top_p <= 1:
-        raise ApiError(f"top_p must be in (0, 1] (got {top_p})", param="top_p")
-    if top_k < 0:
-        raise ApiError(f"top_k must be >= 0 (got {top_k}); 0 turns it off", param="top_k")
-    if seed is not None and not 0 <= seed <= MAX_SAMPLING_SEED:
-        raise ApiError(f"seed must be an integer from 0 to {MAX_SAMPLING_SEED} (got {seed})", param="seed")
+    problem = sampling_problem(temperature, top_k, top_p, seed)
+    if problem is not None:
+        raise ApiError(problem[1], param=problem[0])
     # a request without a seed gets a fresh one (OpenAI semantics); the config's seed is for offline runs
     return SamplingParams(float(temperature), top_k, float(top_p), seed)
 

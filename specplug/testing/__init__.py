@@ -4,8 +4,8 @@
     check_proposer(lambda context: MyProposer(...))          # or check_proposer("my_name", options={...})
 
 It runs the proposer through every check below and raises ``AssertionError`` naming the first that
-fails. Installed with specplug, it is also a pytest plugin: the fixture ``proposer_conformance`` is
-``check_proposer``.
+fails. Installed with specplug, it is also a pytest plugin (``specplug.pytest_plugin``, which loads this
+kit only when a test asks for it): the fixture ``proposer_conformance`` is ``check_proposer``.
 
 - budget: drafts never exceed ``max_draft_tokens`` (0 included); token ids are in the vocabulary;
   probabilities, when returned, have shape [n, V], are non-negative and sum to 1;
@@ -26,8 +26,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import pytest
-
 from specplug.metadata import ProposerContext
 from specplug.models.loader import DEFAULT_MODEL
 from specplug.proposers.base import Proposer
@@ -38,7 +36,7 @@ from specplug.testing.real_model import check_greedy_on_the_real_model
 from specplug.testing.vllm_rows import check_under_vllm_row_translation
 
 __all__ = ["VOCAB", "check_greedy_on_the_real_model", "check_proposer", "check_under_vllm_row_translation",
-           "make_factory", "proposer_conformance", "tiny_model"]
+           "make_factory", "tiny_model"]
 
 Factory = Callable[[ProposerContext], Proposer]
 
@@ -71,9 +69,3 @@ def check_proposer(factory: Factory | str, options: dict[str, Any] | None = None
         check_sampling_follows_the_target(factory, model, seed)
     if real_model is not None:
         check_greedy_on_the_real_model(real_factory, real_model)
-
-
-@pytest.fixture
-def proposer_conformance():
-    """``check_proposer`` from specplug's conformance kit."""
-    return check_proposer

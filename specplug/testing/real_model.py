@@ -14,12 +14,11 @@ from collections.abc import Callable
 
 import torch
 
-from specplug.bench import near_tie_threshold
 from specplug.engine.engine import Engine, Request
 from specplug.errors import SpecplugError
-from specplug.llm import eos_ids
 from specplug.metadata import ProposerContext
-from specplug.models.loader import compact_from_hf, load_hf_model, load_tokenizer, resolve_model
+from specplug.models.loader import compact_from_hf, eos_ids, load_hf_model, load_tokenizer, resolve_model
+from specplug.models.ties import top_two_gap
 from specplug.prompts import encode_prompt
 from specplug.proposers.base import Proposer, proposer_name
 from specplug.proposers.none import NoProposer
@@ -80,8 +79,7 @@ def check_greedy_on_the_real_model(factory: Callable[[ProposerContext], Proposer
             assert len(tokens) == len(reference), (f"{name}: on {spec}, prompt {request_id} gave {len(tokens)} "
                                                    f"tokens, plain decoding {len(reference)}")
             continue
-        top = torch.topk(full_logits(real_target(spec)[0], prompt + reference[:where])[-1].float(), 2).values
-        gap, threshold = float(top[0] - top[1]), near_tie_threshold(torch.float32, float(top[0]))
+        gap, threshold = top_two_gap(full_logits(real_target(spec)[0], prompt + reference[:where])[-1], torch.float32)
         assert gap <= threshold, (f"{name}: on {spec}, greedy output of prompt {request_id} parts from plain "
                                   f"decoding at token {where} ({tokens[where]} vs {reference[where]}), where the "
                                   f"target's top-2 logit gap is {gap:.4f}, not a near tie (<= {threshold})")

@@ -17,15 +17,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from specplug import Draft, DraftRequest, Proposer, ProposerContext, hookimpl
-from specplug.arguments import add_config_args
-from specplug.config import load_config
-from specplug.errors import ConfigError
-from specplug.models.loader import load_tokenizer, resolve_model
-from specplug.options import option
-from specplug.plugins import load_registry
+from specplug.api import (API_VERSION, ConfigError, Draft, DraftRequest, Proposer, ProposerContext,
+                          add_config_args, hookimpl, load_config, load_registry, load_tokenizer, option,
+                          resolve_model)
 
-specplug_api_version = 1  # the plugin interface this package is written for
+specplug_api_version = API_VERSION  # the plugin interface this package is written for (specplug.api)
 
 
 class PhrasesProposer(Proposer):
