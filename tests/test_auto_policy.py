@@ -92,6 +92,22 @@ def test_packed_hosts_give_each_row_its_own_budget():
     assert auto.chosen[3] >= 1 and auto.chosen[0] >= 1
 
 
+def test_a_row_cut_to_nothing_is_tried_again_once_its_early_misses_have_aged():
+    """A grounded answer may start copying its document only later: its first rejected drafts must not
+    keep its budget at 0 for the rest of the request while the other rows' drafts are accepted."""
+    token_ms = {1: 9.0, 2: 10.0, 6: 14.0, 64: 72.0}  # each verified token costs a tenth of a step
+    auto = AutoDraftLength(3, token_ms, explore=0.0, packed=True)
+    late, steady = Row("late"), Row("steady")
+    for _ in range(6):
+        auto.observe([late, steady], [Draft([1, 2, 3]), Draft([1, 2, 3])], [0, 3], 2, 4, 0.0, 0.0)
+    assert auto.plan([late, steady], 2, 1) == [0, 3]
+    steps_cut = 0
+    while auto.plan([late, steady], 2, 1)[0] == 0 and steps_cut < 50:
+        auto.observe([late, steady], [Draft([]), Draft([1, 2, 3])], [0, 3], 2, 4, 0.0, 0.0)
+        steps_cut += 1
+    assert 0 < steps_cut < 50
+
+
 def test_a_cut_draft_keeps_its_probabilities_and_confidences_in_step():
     probs = torch.full((3, 5), 0.2)
     draft = Draft([1, 2, 3], probs, [0.9, 0.8, 0.7]).cut(2)

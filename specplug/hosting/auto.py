@@ -5,7 +5,9 @@ most expected tokens per second of step time, from measured costs and measured a
   start (``prior_ms_by_tokens``), corrected online by the measured step times at (B, W); plus the
   proposer's own measured time when anything is drafted.
 - Acceptance: per row, the chance that a draft token is accepted given the ones before it were,
-  counted from its own recent steps and shrunk toward the strategy-wide rate (a few pseudo-steps).
+  counted from its own recent steps and shrunk toward the strategy-wide rate (a few pseudo-steps). A
+  row's steps without a draft age its counts too, so a row cut to nothing early (a grounded answer
+  that starts copying later) returns to the strategy-wide rate and is tried again.
 - A row with per-token acceptance a and budget k emits (1 - a^(k+1)) / (1 - a) tokens on average.
 - Drafts that carry a per-token ``confidence`` (``suffix``): the proposer drafts its full k, then the
   step keeps the width whose expected tokens per second is highest, each token's chance of acceptance
@@ -42,6 +44,11 @@ class Acceptance:
         if drafted:
             self.accepted = self.accepted * self.decay + accepted
             self.trials = self.trials * self.decay + accepted + (accepted < drafted)
+
+    def age(self) -> None:
+        """A step without a trial: what was seen counts less, so the estimate drifts back to its prior."""
+        self.accepted *= self.decay
+        self.trials *= self.decay
 
     def rate(self, prior: float = 0.5, weight: float = 0.0) -> float:
         total = self.trials + weight
@@ -199,7 +206,11 @@ class AutoDraftLength:
         if any(d.token_ids for d in drafts):
             self.propose_seconds = 0.8 * self.propose_seconds + 0.2 * propose_seconds
         for row, draft, a in zip(rows, drafts, accepted):
-            self.rows.setdefault(row.seq_id, Acceptance(ROW_DECAY)).add(len(draft.token_ids), a)
+            mine = self.rows.setdefault(row.seq_id, Acceptance(ROW_DECAY))
+            if draft.token_ids:
+                mine.add(len(draft.token_ids), a)
+            else:  # a row cut to nothing is not judged forever by its first drafts: it gets tried again
+                mine.age()
             self.overall.add(len(draft.token_ids), a)
             if draft.confidence is not None:
                 self.calibration.observe(draft.confidence, a)

@@ -1,0 +1,84 @@
+"""A built wheel, not the editable install, installs and works: its packages, entry points and CLI.
+
+The wheel is built from this checkout and installed into a fresh virtual environment that borrows the
+project venv's dependencies (torch, vllm, ...) through a path entry, without the editable install's
+finder: so every specplug module imported there comes from the wheel.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow  # builds a wheel and starts the CLI from it
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("specplug", "specplug_vllm", "specplug_trtllm")
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                             "-w", str(out), str(ROOT)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return next(out.glob("specplug-*.whl"))
+
+
+@pytest.fixture(scope="module")
+def installed(wheel, tmp_path_factory) -> Path:
+    """A fresh venv holding the wheel; returns its python."""
+    env = tmp_path_factory.mktemp("venv")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True, timeout=120)
+    python = env / "bin" / "python"
+    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    result = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q",
+                             "--prefix", str(env), str(wheel)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    # the project venv's dependencies, as a bare path: its .pth files (the editable finder) are not run
+    (site / "zz_project_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return python
+
+
+def run_in(python: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(python), *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_the_wheel_holds_the_packages_and_their_entry_points(wheel):
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        entry_points = next(archive.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt"))
+    for package in PACKAGES:
+        assert f"{package}/__init__.py" in names
+    assert "specplug/api.py" in names and "specplug_vllm/plugin.py" in names
+    assert not any(name.startswith(("tests/", "benchmarks/", "docs/")) for name in names)
+    for line in ("specplug = specplug.cli:main", "specplug = specplug.pytest_plugin",
+                 "specplug = specplug_vllm.plugin:register"):
+        assert line in entry_points
+
+
+def test_the_installed_wheel_imports_and_registers_its_plugins(installed, tmp_path):
+    check = run_in(installed, "-c", (
+        "import json, importlib.metadata as md, specplug, specplug_vllm, specplug_trtllm\n"
+        "groups = {g: sorted(e.value for e in md.entry_points(group=g)) "
+        "for g in ('console_scripts', 'pytest11', 'vllm.general_plugins')}\n"
+        "register = md.entry_points(group='vllm.general_plugins')['specplug'].load()\n"
+        "print(json.dumps({'files': [m.__file__ for m in (specplug, specplug_vllm, specplug_trtllm)], "
+        "'groups': groups, 'api': specplug.API_VERSION, 'register': callable(register)}))"), cwd=tmp_path)
+    assert check.returncode == 0, check.stderr
+    found = json.loads(check.stdout)
+    assert all(str(installed.parents[1]) in path for path in found["files"]), found["files"]  # not the checkout
+    assert "specplug.cli:main" in found["groups"]["console_scripts"]
+    assert found["groups"]["pytest11"].count("specplug.pytest_plugin") == 1
+    assert found["groups"]["vllm.general_plugins"].count("specplug_vllm.plugin:register") == 1 and found["register"]
+    plugins = run_in(installed, "-m", "specplug.cli", "plugins", "--json", cwd=tmp_path)
+    assert plugins.returncode == 0, plugins.stderr
+    names = {(row["kind"], row["name"]) for row in json.loads(plugins.stdout)}
+    assert {("proposer", "ngram"), ("proposer", "suffix"), ("proposer", "none"), ("verifier", "greedy")} <= names
