@@ -39,8 +39,9 @@ def installed(wheel, tmp_path_factory) -> Path:
     python = env / "bin" / "python"
     site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                capture_output=True, text=True, check=True).stdout.strip())
+    # --target, never --prefix: with --prefix pip uninstalls the running venv's own (editable) specplug
     result = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q",
-                             "--prefix", str(env), str(wheel)], capture_output=True, text=True, timeout=600)
+                             "--target", str(site), str(wheel)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     # the project venv's dependencies, as a bare path: its .pth files (the editable finder) are not run
     (site / "zz_project_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")

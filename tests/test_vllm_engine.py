@@ -262,7 +262,8 @@ def test_auto_stops_drafting_under_a_saturating_open_ended_batch_and_drafts_on_g
                                                                                       same_as_plain, tmp_path):
     """auto inside vLLM times vLLM's own steps. With 16 open-ended rows at once (a saturating batch on
     these 2 cores: a wider verify costs about its tokens), drafts that are rarely accepted do not pay, so
-    it settles on plain steps; for grounded requests one at a time it drafts. Its own engine: 16 rows."""
+    it settles on plain steps (a row whose misses have aged is retried with one token now and then); for
+    grounded requests one at a time it drafts. Its own engine: 16 rows."""
     grounded, open_ended = prompts[:5], prompts[5:]  # benchmarks/grounded.jsonl, then open_ended.jsonl
     config_path, stats_path = tmp_path / "auto.yaml", tmp_path / "stats.json"
     with pytest.MonkeyPatch.context() as env:
@@ -281,7 +282,8 @@ def test_auto_stops_drafting_under_a_saturating_open_ended_batch_and_drafts_on_g
         widths = widths_delta(before, counters(auto, "ngram"))
         same_as_plain(outputs, "auto in vLLM, open-ended, 16 rows", reference=plain[5:] * 8, inputs=open_ended)
         print("open-ended, 16 rows: budgets chosen (budget: row-steps)", widths)
-        assert widths.get(0, 0) >= 0.7 * sum(widths.values()), widths
+        total = sum(widths.values())  # mostly plain steps; rows retried (1 token) once their misses have aged
+        assert widths.get(0, 0) >= 0.5 * total and widths.get(0, 0) + widths.get(1, 0) >= 0.9 * total, widths
         before = counters(auto, "ngram")
         outputs = [generate(llm, [ids])[0] for ids in grounded[:3]]
         after = counters(auto, "ngram")
