@@ -15,7 +15,8 @@ def __getattr__(name: str):
         raise AttributeError(name)  # a submodule: `from specplug import hookspecs` then imports it
     api = importlib.import_module("specplug.api")
     if name in api.__all__:
-        return getattr(api, name)
+        globals()[name] = getattr(api, name)  # found once: later lookups skip this function
+        return globals()[name]
     raise AttributeError(f"module 'specplug' has no attribute {name!r}")
 
 

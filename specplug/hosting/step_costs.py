@@ -23,10 +23,14 @@ class Prior:
         self.prior_ms = [prior_ms_by_tokens[t] for t in self.tokens]
 
     def __call__(self, tokens: int) -> float:
-        xs, ys = self.tokens, self.prior_ms
-        i = min(max(bisect.bisect_left(xs, tokens), 1), len(xs) - 1)
-        x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
-        return max(y0 + (y1 - y0) * (tokens - x0) / (x1 - x0), ys[0]) / 1000.0
+        return max(_interpolate(self.tokens, self.prior_ms, tokens), self.prior_ms[0]) / 1000.0
+
+
+def _interpolate(xs: list[int], ys: list[float], x: int) -> float:
+    """``ys`` at ``x`` on the line through the two nearest of the sorted ``xs`` (extended past their ends)."""
+    i = min(max(bisect.bisect_left(xs, x), 1), len(xs) - 1)
+    x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
 
 
 def _decayed(old: float | None, new: float) -> float:
@@ -77,11 +81,9 @@ class TokenCosts:
             return self.ratio[tokens]
         if not known:
             return 1.0
-        i = bisect.bisect_left(known, tokens)
-        if i == 0:  # below what was measured: the nearest correction
+        if tokens < known[0]:  # below what was measured: the nearest correction
             return self.ratio[known[0]]
-        (x0, x1), (r0, r1) = (known[i - 1], known[i]), (self.ratio[known[i - 1]], self.ratio[known[i]])
-        return r0 + (r1 - r0) * (tokens - x0) / (x1 - x0)
+        return _interpolate(known, [self.ratio[t] for t in known], tokens)  # between two measured counts
 
     def _line(self, tokens: int) -> float | None:
         w, t, s, tt, ts = self.fit
