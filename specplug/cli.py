@@ -90,8 +90,8 @@ def add_plugin_commands(sub, registry=None, only: str | None = None) -> None:
 def main(argv: Sequence[str] | None = None, registry=None) -> int:
     warnings.formatwarning = _one_line_warning  # before the plugins load: their warnings are one line too
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(registry, next((arg for arg in argv if not arg.startswith("-")), None)).parse_args(argv)
     try:
+        args = build_parser(registry, next((arg for arg in argv if not arg.startswith("-")), None)).parse_args(argv)
         if args.command == "plugins":
             return cmd_plugins(args)
         if args.command == "generate":

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from specplug.errors import ConfigError, closest
+from specplug.errors import ConfigError, SpecplugError, closest
 from specplug.metadata import GREEDY_TEMPERATURE
 from specplug.options import describe, parse_options
 
@@ -77,7 +77,12 @@ def _resolve(target: Callable[..., Any] | str) -> Callable[..., Any]:
     if callable(target):
         return target
     module, _, function = target.partition(":")
-    return getattr(importlib.import_module(module), function)
+    try:
+        return getattr(importlib.import_module(module), function)
+    except (ImportError, AttributeError) as exc:
+        raise SpecplugError(f"cannot load '{target}' ({exc}): the plugin that registered this command names a "
+                            "module:function that is not installed; reinstall or block it with "
+                            "SPECPLUG_BLOCK_PLUGINS") from None
 
 
 

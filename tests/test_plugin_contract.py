@@ -222,6 +222,21 @@ def test_a_command_module_is_imported_only_when_its_command_is_given(plugin_mana
     assert capsys.readouterr().out.strip() == "hi hi hi"
 
 
+def test_a_command_module_that_does_not_import_is_one_line_naming_it(plugin_manager, capsys):
+    from specplug.cli import main
+
+    class Missing:
+        @hookimpl
+        def register_commands(self, register):
+            register.command("gone", "from a removed module", "no_such_module_here:configure", "x:run")
+
+    registry = registry_with(plugin_manager, Missing())
+    assert main(["gone"], registry) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("specplug: error: cannot load 'no_such_module_here:configure'") and "\n" not in err
+    assert main(["plugins", "--json"], registry) == 0  # the other commands are unaffected
+
+
 def test_a_command_name_taken_twice_warns_and_the_first_stays(plugin_manager):
     class Again:
         @hookimpl

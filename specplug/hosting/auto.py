@@ -9,7 +9,8 @@ most expected tokens per second of step time, from measured costs and measured a
   a packed host a row's steps without a draft age its counts too, so a row cut to nothing early (a
   grounded answer that starts copying later) returns to the strategy-wide rate and is tried again. (Not
   in the embedded engine, where all rows share one width: there, ageing every row through a run of
-  plain steps drew auto back to wide verifies at 32 streams: 0.62-0.93x of `none`, against 1.15x without.)
+  plain steps drew auto back to wide verifies at 32 streams: 0.62-0.93x of `none`, against 1.15x without,
+  Intel Xeon, 2026-12-02, docs/benchmarks.md.)
 - A row with per-token acceptance a and budget k emits (1 - a^(k+1)) / (1 - a) tokens on average.
 - Drafts that carry a per-token ``confidence`` (``suffix``): the proposer drafts its full k, then the
   step keeps the width whose expected tokens per second is highest, each token's chance of acceptance
