@@ -38,11 +38,12 @@ def forward_by_width(model, plans: dict[str, KernelPlan]) -> dict[str, list[floa
 def main() -> None:
     model = LLM(load_config(overrides=["proposer.name=none"])).model
     measured = model.kernels
+    can_run = kernels.available(model.dtype, model.device)
     plans = {f"auto ({measured.source})": measured,
-             **{setting: KernelPlan.uniform(setting, "forced") for setting in LINEAR_KERNELS[1:]}}
+             **{setting: KernelPlan.uniform(setting, "forced") for setting in LINEAR_KERNELS[1:] if setting in can_run}}
     by_width = forward_by_width(model, plans)
     model.use_kernels(KernelPlan.uniform("linear", "forced"))
-    by_rows = kernels.measure(model.layer_matrices(), tuple(kernels.FORMULATIONS), rounds=5)
+    by_rows = kernels.measure(model.layer_matrices(), can_run, rounds=5)
     gbps = stream_read_gbps()
     print(json.dumps({
         "date": time.strftime("%Y-%m-%d"), "machine": machine_description(),

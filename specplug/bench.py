@@ -124,11 +124,13 @@ def _summarise(config: Config, totals: dict, per_prompt: list, greedy: bool, max
 
 def format_table(result: dict[str, Any]) -> str:
     costs = result["forward_ms_by_width"]
+    step = next(iter(costs.values()))  # T = 1
     lines = [f"{result['date']}  {result['machine']}  torch {result['torch']}  model {result['model']} "
              f"({result['dtype']})  k={result['num_speculative_tokens']}  prompts={result['prompts']}  "
              f"max_new_tokens={result['max_new_tokens']}",
              f"kernels: {result['kernels']}",
-             "forward ms by width: " + ", ".join(f"T={w}: {ms:.1f}" for w, ms in costs.items())
+             "forward ms by width (x a decode step): " + ", ".join(
+                 f"T={w}: {ms:.1f} ({ms / step:.2f}x)" for w, ms in costs.items())
              + f"; memory-bandwidth limit of plain decoding: {result['bandwidth_limit_tps']:.1f} tok/s",
              f"{'method':<14} {'tokens':>7} {'seconds':>8} {'tok/s':>7} {'vs HF':>6} {'vs plain':>8} "
              f"{'accept':>7} {'acc/step':>8}"]

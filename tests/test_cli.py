@@ -90,6 +90,18 @@ def test_bench_compares_three_methods_and_checks_outputs(tmp_path):
     assert all(r["tokens_per_second"] > 0 for r in result["results"])
 
 
+def test_bench_table_prints_each_width_as_a_multiple_of_a_decode_step():
+    from specplug.bench import format_table
+
+    result = {"date": "2026-12-02", "machine": "a CPU", "torch": "2", "model": "m", "dtype": "float32",
+              "num_speculative_tokens": 3, "prompts": 1, "max_new_tokens": 8, "kernels": "measured, weights packed",
+              "forward_ms_by_width": {"1": 20.0, "2": 21.0, "4": 30.0}, "bandwidth_limit_tps": 50.0,
+              "results": [], "greedy": False, "per_prompt": []}
+    line = format_table(result).splitlines()[2]
+    assert line.startswith("forward ms by width (x a decode step): T=1: 20.0 (1.00x), T=2: 21.0 (1.05x), "
+                           "T=4: 30.0 (1.50x);")
+
+
 # ---- the main job under real use (issue 10) ------------------------------------------------------------
 def two_prompts(tmp_path):
     path = tmp_path / "two.jsonl"

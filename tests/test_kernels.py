@@ -14,30 +14,54 @@ from specplug.models import kernels
 from specplug.models.kernels import FORMULATIONS, ROW_BUCKETS, KernelPlan
 
 
+CPU = torch.device("cpu")
+FP32 = {"rtol": 1e-5, "atol": 1e-5}  # oneDNN and MKL sum in different orders
+
+
+def _dtype_for(name: str) -> torch.dtype:
+    """float64 where the formulation takes it (exact comparisons), else float32 (oneDNN packing)."""
+    return torch.float64 if name in kernels.available(torch.float64, CPU) else torch.float32
+
+
+def test_onednn_packing_is_offered_for_float32_and_bfloat16_only():
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch build has no oneDNN")
+    assert "onednn" in kernels.available(torch.float32, CPU) and "onednn" in kernels.available(torch.bfloat16, CPU)
+    assert "onednn" not in kernels.available(torch.float64, CPU)
+    assert "onednn" not in kernels.available(torch.float32, torch.device("meta"))
+
+
 def test_every_formulation_computes_f_linear_s_product():
     torch.manual_seed(0)
-    weight = torch.randn(48, 32, dtype=torch.float64)
     for name, (layout, apply) in FORMULATIONS.items():
-        stored = weight.T.contiguous() if layout == "cols" else weight
-        for rows in (1,) if name == "w_x_pad" else (1, 2, 3, 7):
-            x = torch.randn(rows, 32, dtype=torch.float64)
+        if name not in kernels.available(torch.float32, CPU):
+            continue
+        dtype = _dtype_for(name)
+        weight = torch.randn(48, 32, dtype=dtype)
+        stored = kernels.lay_out(weight, layout)
+        assert torch.equal(kernels.rows_of(stored, layout), weight), f"{layout}: the stored weight reads back exactly"
+        for rows in (1,) if name == "w_x_pad" else (1, 2, 3, 7, 40):
+            x = torch.randn(rows, 32, dtype=dtype)
             out = apply(x, stored)
             assert out.is_contiguous(), f"{name} M={rows}: the forward views its output, it must be contiguous"
-            torch.testing.assert_close(out, torch.nn.functional.linear(x, weight), msg=f"{name} M={rows}")
+            torch.testing.assert_close(out, torch.nn.functional.linear(x, weight), msg=f"{name} M={rows}", **FP32)
 
 
 def test_every_setting_computes_the_same_product_at_every_row_count():
     torch.manual_seed(0)
-    weight = torch.randn(48, 32, dtype=torch.float64)
     for setting in LINEAR_KERNELS[1:]:
+        if setting not in kernels.available(torch.float32, CPU):
+            continue
         plan = KernelPlan.uniform(setting, "forced")
-        stored = weight.T.contiguous() if plan.layout == "cols" else weight
+        dtype = _dtype_for(plan.blocks[-1])
+        weight = torch.randn(48, 32, dtype=dtype)
+        stored = kernels.lay_out(weight, plan.layout)
         table = plan.table("blocks")
         for rows in range(1, ROW_BUCKETS[-1] + 6):
-            x = torch.randn(1, rows, 32, dtype=torch.float64)
+            x = torch.randn(1, rows, 32, dtype=dtype)
             out = kernels.project(x, stored, table)
             assert out.shape == (1, rows, 48)
-            torch.testing.assert_close(out, torch.nn.functional.linear(x, weight), msg=f"{setting} M={rows}")
+            torch.testing.assert_close(out, torch.nn.functional.linear(x, weight), msg=f"{setting} M={rows}", **FP32)
 
 
 def _times(**per_name):
@@ -59,6 +83,18 @@ def test_cols_layout_only_when_faster_overall_and_never_slower_than_linear():
     assert plan.layout == "cols" and set(plan.blocks) == {"x_wt"}
     blocks = _times(linear=1.0, w_x=1.0, w_x_pad=1.0, x_wt=0.5, wt_x=0.6)
     blocks["x_wt"][3] = blocks["wt_x"][3] = 1.5  # much slower than F.linear in one bucket
+    assert kernels.choose(blocks, head).layout == "rows"
+
+
+def test_packed_layout_when_faster_overall_than_the_best_so_far():
+    head = _times(linear=1.0, w_x=1.0, w_x_pad=1.0)
+    plan = kernels.choose(_times(linear=1.0, w_x=1.0, w_x_pad=1.0, x_wt=0.6, wt_x=0.6, onednn=0.4), head)
+    assert plan.layout == "packed" and set(plan.blocks) == {"onednn"}
+    assert KernelPlan.uniform("onednn", "forced").head == plan.head == ("linear",) * len(ROW_BUCKETS)
+    blocks = _times(linear=1.0, w_x=1.0, w_x_pad=1.0, x_wt=0.5, wt_x=0.6, onednn=0.49)
+    assert kernels.choose(blocks, head).layout == "cols"  # 2% faster than cols is noise
+    blocks = _times(linear=1.0, w_x=1.0, w_x_pad=1.0, onednn=0.5)
+    blocks["onednn"][0] = 1.2  # slower than F.linear for the decode step
     assert kernels.choose(blocks, head).layout == "rows"
 
 
@@ -103,20 +139,34 @@ def test_falls_back_to_f_linear_when_timing_fails(tiny_model, tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("setting", LINEAR_KERNELS[1:])
-def test_forced_setting_is_not_measured(tiny_model, tmp_path, setting):
-    plan = kernels.select(setting, tiny_model.layer_matrices(), tiny_model.lm_head, tmp_path)
+def test_forced_setting_is_not_measured(tiny_hf, tmp_path, setting):
+    from specplug.models.llama import CompactLlama
+
+    model = CompactLlama.from_hf(tiny_hf, _dtype_for(setting), CPU)
+    plan = kernels.select(setting, model.layer_matrices(), model.lm_head, tmp_path)
     assert plan.source == "forced" and plan == KernelPlan.uniform(setting, "forced")
     assert not (tmp_path / "kernels").exists()
     assert all(name in FORMULATIONS for name in plan.blocks + plan.head)
 
 
-def test_relaid_weights_give_the_same_logits(tiny_hf):
+def test_a_forced_kernel_that_cannot_run_is_one_line_naming_the_fix(tiny_model, tmp_path):
+    from specplug.errors import SpecplugError
+
+    with pytest.raises(SpecplugError, match=r"linear_kernel: onednn cannot run for float64 weights.*linear_kernel: auto"):
+        kernels.select("onednn", tiny_model.layer_matrices(), tiny_model.lm_head, tmp_path)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_relaid_weights_give_the_same_logits(tiny_hf, dtype):
     from specplug.models.llama import CompactLlama
 
-    model = CompactLlama.from_hf(tiny_hf, torch.float64, torch.device("cpu"))
+    model = CompactLlama.from_hf(tiny_hf, dtype, CPU)
+    rows = model.layer_matrices()
     ids = torch.tensor([[5, 17, 3, 99, 42]])
     positions = torch.arange(5)[None]
     reference = model(ids, positions, model.new_cache(1, 8), slice(0, 1))
-    for setting in ("x_wt", "w_x", "linear"):  # rows -> cols -> rows again
+    settings = [s for s in ("x_wt", "onednn", "w_x", "onednn", "linear") if s in kernels.available(dtype, CPU)]
+    for setting in settings:  # rows -> cols -> packed -> rows -> packed -> rows again
         model.use_kernels(KernelPlan.uniform(setting, "forced"))
-        torch.testing.assert_close(model(ids, positions, model.new_cache(1, 8), slice(0, 1)), reference)
+        torch.testing.assert_close(model(ids, positions, model.new_cache(1, 8), slice(0, 1)), reference, **FP32)
+    assert all(torch.equal(a, b) for a, b in zip(model.layer_matrices(), rows))  # no re-layout changes a weight

@@ -180,8 +180,9 @@ def test_an_oversized_body_is_refused_with_413_before_it_is_read(served):
 
 
 def test_a_large_prompt_being_tokenized_stalls_no_other_client(served, client, llm):
-    """A prompt just under the body limit takes a second or more to tokenize; meanwhile /health answers at
-    once and a running stream keeps its pace."""
+    """A prompt just under the body limit takes a second or more to tokenize; meanwhile /health keeps
+    answering (it shares the GIL with the tokenizer on 2 cores, so each probe may wait a few hundred ms;
+    before the fix it waited for the whole tokenization)."""
     base = served[1]
     limit = served[0].config.serve.max_request_bytes
     big = {"prompt": "word " * ((limit - 200) // 5), "max_tokens": 2}
@@ -206,7 +207,7 @@ def test_a_large_prompt_being_tokenized_stalls_no_other_client(served, client, l
     print(f"large prompt refused after {took:.2f} s; /health latency max {max(latencies):.3f} s over "
           f"{len(latencies)} probes")
     assert took > 0.5 and len(latencies) >= 5  # the probes ran while it was being tokenized
-    assert max(latencies) < min(0.5, took / 2)  # before: /health waited for the whole tokenization
+    assert max(latencies) < took / 2  # before: /health waited for the whole tokenization
 
 
 def test_the_api_key_guards_the_inference_routes_only(served, llm):

@@ -25,7 +25,7 @@ __all__ = ["DEFAULTS", "LINEAR_KERNELS", "MAX_SAMPLING_SEED", "MAX_SPECULATIVE_T
            "validate", "with_overrides"]
 
 # how the embedded engine computes its linear layers (specplug/models/kernels.py): auto = measured
-LINEAR_KERNELS = ("auto", "linear", "w_x", "x_wt")
+LINEAR_KERNELS = ("auto", "linear", "w_x", "x_wt", "onednn")
 
 DEFAULTS: dict[str, Any] = {
     "model": "smollm2-135m",  # HF directory, .gguf file, or alias
@@ -42,7 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "max_new_tokens": 256,
     "stop": [],
     "threads": None,  # torch CPU threads; None = torch's default
-    "linear_kernel": "auto",  # auto (fastest measured on this machine, cached), linear, w_x or x_wt
+    "linear_kernel": "auto",  # auto (fastest measured on this machine, cached), linear, w_x, x_wt or onednn
     "enforce_eager": False,  # true: never capture CUDA graphs (as in vLLM); CPU steps are always eager
     "compile": "auto",  # torch.compile the decode/verify steps: auto (= off: see docs/benchmarks.md), on, off
     "serve": {},  # `specplug serve` only: see SERVE_DEFAULTS and docs/serving.md

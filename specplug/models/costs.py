@@ -42,7 +42,8 @@ def cost_by_width(model: CompactLlama, widths: Iterable[int] = range(1, 9), cont
 
 def weight_bytes(model: CompactLlama) -> int:
     """Bytes a decode step must read: every layer matrix and the LM head (norms are negligible)."""
-    return sum(w.numel() * w.element_size() for w in [*model.layer_matrices(), model.lm_head])
+    stored = [w for block in model.blocks for w in block.matrices()]  # any layout holds the same elements
+    return sum(w.numel() * w.element_size() for w in [*stored, model.lm_head])
 
 
 @torch.inference_mode()

@@ -15,7 +15,9 @@ Formulations (``layout`` says how the decoder layers' weights are stored):
   halves     W's two halves in one bmm   rows layout (two threads stream one half each)
   x_wt       x @ Wt                      cols layout: Wt = W.T stored contiguous [in, out]
   wt_x       (Wt.T @ x.T).T              cols layout
-The LM head (often tied to the embedding) always keeps the rows layout.
+  onednn     oneDNN's prepacked linear   packed layout: W reordered once into oneDNN's blocked format
+The LM head (often tied to the embedding) always keeps the rows layout. Every layout holds one copy
+of the weights (a packed weight replaces its rows form), so no plan costs memory beyond the model.
 """
 
 from __future__ import annotations
@@ -34,9 +36,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from specplug.errors import SpecplugError
+
 ROW_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32)  # M measured; between buckets the next one up rules
 MARGIN = 0.05  # a candidate replaces F.linear only when measured at least this much faster (noise)
-PLAN_VERSION = 3  # bump when candidates or the measuring method change: old cache files are ignored
+PACK_ROWS = 4  # the row count oneDNN's packed layout is ordered for (one pack serves every M)
+PLAN_VERSION = 4  # bump when candidates or the measuring method change: old cache files are ignored
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -66,25 +71,51 @@ def _wt_x(x: torch.Tensor, wt: torch.Tensor) -> torch.Tensor:
     return (wt.T @ x.T).T.contiguous()
 
 
+def _onednn(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+
+
 FORMULATIONS: dict[str, tuple[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]] = {
     "linear": ("rows", _linear), "w_x": ("rows", _w_x), "w_x_pad": ("rows", _w_x_pad), "halves": ("rows", _halves),
-    "x_wt": ("cols", _x_wt), "wt_x": ("cols", _wt_x),
+    "x_wt": ("cols", _x_wt), "wt_x": ("cols", _wt_x), "onednn": ("packed", _onednn),
 }
-LARGE = {"rows": "linear", "cols": "x_wt"}  # past the last bucket
+LARGE = {"rows": "linear", "cols": "x_wt", "packed": "onednn"}  # past the last bucket
+
+
+def lay_out(weight: torch.Tensor, layout: str) -> torch.Tensor:
+    """A rows-layout weight [out, in] stored as ``layout`` says."""
+    if layout == "cols":
+        return weight.T.contiguous()
+    if layout == "packed":
+        return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), PACK_ROWS)
+    return weight.contiguous()
+
+
+def rows_of(stored: torch.Tensor, layout: str) -> torch.Tensor:
+    """The rows-layout weight [out, in] behind a stored one (a view for cols, a dense copy if packed)."""
+    if layout == "cols":
+        return stored.T
+    return stored.to_dense() if layout == "packed" else stored
+
+
+def available(dtype: torch.dtype, device: torch.device) -> tuple[str, ...]:
+    """The formulations that can run for weights of ``dtype`` on ``device``."""
+    packs = device.type == "cpu" and torch.backends.mkldnn.is_available() and dtype in (torch.float32, torch.bfloat16)
+    return tuple(name for name, (layout, _) in FORMULATIONS.items() if layout != "packed" or packs)
 
 
 @dataclass(frozen=True)
 class KernelPlan:
     """The formulation per row bucket, for the decoder layers (``blocks``) and the LM head (``head``)."""
 
-    layout: str  # "rows" or "cols": how the decoder layers' weights are stored
+    layout: str  # "rows", "cols" or "packed": how the decoder layers' weights are stored
     blocks: tuple[str, ...]  # [len(ROW_BUCKETS)] formulation names
     head: tuple[str, ...]  # [len(ROW_BUCKETS)] formulation names (rows layout)
     source: str = "default"  # default, forced, measured, cached, fallback
 
     @classmethod
     def uniform(cls, setting: str, source: str) -> "KernelPlan":
-        """Every bucket the same: ``linear``, ``w_x`` (one row padded to two) or ``x_wt``."""
+        """Every bucket the same: ``linear``, ``w_x`` (one row padded to two), ``x_wt`` or ``onednn``."""
         layout = FORMULATIONS[setting][0]
         blocks = tuple("w_x_pad" if setting == "w_x" and m == 1 else setting for m in ROW_BUCKETS)
         head = blocks if layout == "rows" else ("linear",) * len(ROW_BUCKETS)
@@ -125,7 +156,7 @@ def project(x: torch.Tensor, weight: torch.Tensor, table: list[Callable]) -> tor
 # ---- measuring ----------------------------------------------------------------------------------
 def _time_pass(name: str, weights: Sequence[torch.Tensor], inputs: dict[int, torch.Tensor]) -> float:
     layout, apply = FORMULATIONS[name]
-    in_dim = 1 if layout == "rows" else 0
+    in_dim = 0 if layout == "cols" else 1
     start = time.perf_counter()
     for w in weights:
         apply(inputs[w.shape[in_dim]], w)
@@ -140,9 +171,7 @@ def measure(weights: Sequence[torch.Tensor], candidates: Sequence[str], rounds: 
     Every weight is used once per pass, so they stream from memory as in a real forward. Candidates
     are interleaved round by round, so machine noise hits them alike. None: not a candidate there.
     """
-    stored = {"rows": list(weights)}
-    if any(FORMULATIONS[c][0] == "cols" for c in candidates):
-        stored["cols"] = [w.T.contiguous() for w in weights]
+    stored = {layout: [lay_out(w, layout) for w in weights] for layout in {FORMULATIONS[c][0] for c in candidates}}
     results: dict[str, list[float | None]] = {c: [] for c in candidates}
     dtype, device = weights[0].dtype, weights[0].device
     for m in buckets:
@@ -163,11 +192,12 @@ def choose(block_times: dict[str, list[float | None]], head_times: dict[str, lis
            source: str = "measured") -> KernelPlan:
     """The plan from measured times: per bucket the fastest formulation that beats ``linear`` by MARGIN.
 
-    The cols layout is taken only if it is faster over all buckets together and never slower than
-    ``linear`` (beyond MARGIN) in any bucket: weights can be stored only one way.
+    Another layout (cols, packed) is taken only if it is faster over all buckets together than the
+    layout chosen so far and never slower than ``linear`` (beyond MARGIN) in any bucket: weights can
+    be stored only one way.
     """
     def best(times: dict[str, list[float | None]], layout: str, bucket: int) -> tuple[str, float]:
-        base = "linear" if layout == "rows" else "x_wt"
+        base = LARGE[layout]
         name, seconds = base, times[base][bucket]
         for c, per_bucket in times.items():
             t = per_bucket[bucket]
@@ -176,13 +206,14 @@ def choose(block_times: dict[str, list[float | None]], head_times: dict[str, lis
         return name, seconds
 
     buckets = range(len(ROW_BUCKETS))
-    layout = "rows"
-    if "x_wt" in block_times:
-        rows = [best(block_times, "rows", b)[1] for b in buckets]
-        cols = [best(block_times, "cols", b)[1] for b in buckets]
-        never_worse = all(c <= block_times["linear"][b] * (1 + MARGIN) for b, c in zip(buckets, cols))
-        if never_worse and sum(cols) < sum(rows) * (1 - MARGIN):
-            layout = "cols"
+    layout, total = "rows", sum(best(block_times, "rows", b)[1] for b in buckets)
+    for other in ("cols", "packed"):
+        if LARGE[other] not in block_times:
+            continue
+        times = [best(block_times, other, b)[1] for b in buckets]
+        never_worse = all(t <= block_times["linear"][b] * (1 + MARGIN) for b, t in zip(buckets, times))
+        if never_worse and sum(times) < total * (1 - MARGIN):
+            layout, total = other, sum(times)
     return KernelPlan(layout, tuple(best(block_times, layout, b)[0] for b in buckets),
                       tuple(best(head_times, "rows", b)[0] for b in buckets), source)
 
@@ -211,7 +242,12 @@ def plan_path(cache_dir: Path, key: dict) -> Path:
 def select(setting: str, block_weights: Sequence[torch.Tensor], head: torch.Tensor,
            cache_dir: Path | None) -> KernelPlan:
     """The plan for ``setting`` (auto: measured once per machine, then read from ``cache_dir``)."""
+    can_run = available(head.dtype, head.device)
     if setting != "auto":
+        if setting not in can_run:
+            raise SpecplugError(f"linear_kernel: {setting} cannot run for {str(head.dtype).removeprefix('torch.')} "
+                                f"weights on {head.device.type} (oneDNN packing takes float32 or bfloat16 on a "
+                                "CPU build with oneDNN); use linear_kernel: auto")
         return KernelPlan.uniform(setting, "forced")
     if head.device.type != "cpu":
         return KernelPlan.uniform("linear", "default")
@@ -227,8 +263,8 @@ def select(setting: str, block_weights: Sequence[torch.Tensor], head: torch.Tens
             pass  # unreadable: measure again and overwrite
     try:
         print("specplug: timing the linear-layer kernels for this CPU (once; cached)", file=sys.stderr, flush=True)
-        plan = choose(measure(block_weights, tuple(FORMULATIONS)),
-                      measure([head], tuple(n for n, (layout, _) in FORMULATIONS.items() if layout == "rows")))
+        plan = choose(measure(block_weights, can_run),
+                      measure([head], tuple(n for n in can_run if FORMULATIONS[n][0] == "rows")))
     except RuntimeError as exc:
         warnings.warn(f"could not time the linear kernels ({exc}); using F.linear everywhere")
         return KernelPlan.uniform("linear", "fallback")

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from specplug.errors import SpecplugError
-from specplug.models.kernels import KernelPlan, project
+from specplug.models.kernels import KernelPlan, lay_out, project, rows_of
 from specplug.models.kv_cache import StaticKVCache
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral")
@@ -25,8 +25,8 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral")
 
 @dataclass
 class Block:
-    """One decoder layer's weights (fused). Shapes are for the rows layout; the cols layout of a
-    KernelPlan stores each 2-D weight transposed ([in, out], contiguous)."""
+    """One decoder layer's weights (fused). Shapes are for the rows layout; a KernelPlan's cols layout
+    stores each 2-D weight transposed ([in, out], contiguous), its packed layout in oneDNN's format."""
 
     attn_norm: torch.Tensor  # [hidden]
     qkv: torch.Tensor  # [(q_heads + 2 * kv_heads) * head_dim, hidden]; Q, K rows in RoPE pair order
@@ -40,9 +40,9 @@ class Block:
     def matrices(self) -> list[torch.Tensor]:
         return [getattr(self, name) for name in self.MATRICES]
 
-    def transpose_matrices(self) -> None:
+    def relayout(self, old: str, new: str) -> None:
         for name in self.MATRICES:
-            setattr(self, name, getattr(self, name).T.contiguous())
+            setattr(self, name, lay_out(rows_of(getattr(self, name), old), new))
 
 
 @dataclass(frozen=True)
@@ -117,17 +117,17 @@ class CompactLlama(nn.Module):
 
     def use_kernels(self, plan: KernelPlan) -> None:
         """Compute every linear layer as ``plan`` says (re-laying the layer weights if it asks)."""
-        current = getattr(self, "kernels", None)
-        if (current.layout if current else "rows") != plan.layout:
+        current = self.kernels.layout if hasattr(self, "kernels") else "rows"
+        if current != plan.layout:
             for block in self.blocks:
-                block.transpose_matrices()
+                block.relayout(current, plan.layout)
         self.kernels = plan
         self._block_kernels, self._head_kernels = plan.table("blocks"), plan.table("head")
 
     def layer_matrices(self) -> list[torch.Tensor]:
-        """Every decoder layer's 2-D weights in the rows layout ([out, in]; views where transposed)."""
-        flip = self.kernels.layout == "cols"
-        return [w.T if flip else w for block in self.blocks for w in block.matrices()]
+        """Every decoder layer's 2-D weights in the rows layout ([out, in]; views where transposed,
+        dense copies where packed)."""
+        return [rows_of(w, self.kernels.layout) for block in self.blocks for w in block.matrices()]
 
     @property
     def dtype(self) -> torch.dtype:
