@@ -19,7 +19,7 @@ import time
 from specplug.bench import machine_description
 from specplug.config import LINEAR_KERNELS, load_config
 from specplug.llm import LLM
-from specplug.models import kernels
+from specplug.models import kernel_choice, kernels
 from specplug.models.costs import bandwidth_limit_tps, forward_ms, stream_read_gbps, weight_bytes
 from specplug.models.kernels import ROW_BUCKETS, KernelPlan
 
@@ -43,7 +43,7 @@ def main() -> None:
              **{setting: KernelPlan.uniform(setting, "forced") for setting in LINEAR_KERNELS[1:] if setting in can_run}}
     by_width = forward_by_width(model, plans)
     model.use_kernels(KernelPlan.uniform("linear", "forced"))
-    by_rows = kernels.measure(model.layer_matrices(), can_run, rounds=5)
+    by_rows = kernel_choice.measure(model.layer_matrices(), can_run, rounds=5)
     gbps = stream_read_gbps()
     print(json.dumps({
         "date": time.strftime("%Y-%m-%d"), "machine": machine_description(),

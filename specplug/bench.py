@@ -15,7 +15,7 @@ import torch
 
 from specplug.config import Config
 from specplug.models.costs import bandwidth_limit_tps, cost_by_width
-from specplug.models.kernels import cpu_model
+from specplug.models.kernel_choice import cpu_model
 from specplug.models.loader import load_hf_model, parse_dtype
 from specplug.models.ties import first_mismatch
 from specplug.llm import LLM

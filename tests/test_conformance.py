@@ -108,23 +108,24 @@ def test_the_kit_fails_on_broken_proposers(broken, message):
 
 
 class ChangesTheTarget(Proposer):
-    """A self-speculative drafter that skips an MLP by zeroing the shared target's weights in place while
-    rows are live (restoring them when the last leaves): the target verifies with the wrong weights."""
+    """A self-speculative drafter that skips an MLP by zeroing the shared target's norm weight in place
+    while rows are live (restoring it when the last leaves): the target verifies with the wrong weights.
+    (The norm, not a matrix: a kernel plan may store the matrices packed, where in-place ops do not reach.)"""
 
     def __init__(self, context):
         self.block, self.live, self.saved = context.target.blocks[5], set(), None
 
     def propose(self, requests):
         if self.saved is None:
-            self.saved = self.block.down.clone()
-            self.block.down.zero_()
+            self.saved = self.block.mlp_norm.clone()
+            self.block.mlp_norm.zero_()
         self.live.update(r.seq_id for r in requests)
         return [Draft([]) for _ in requests]
 
     def release(self, seq_id):
         self.live.discard(seq_id)
         if not self.live and self.saved is not None:
-            self.block.down.copy_(self.saved)
+            self.block.mlp_norm.copy_(self.saved)
             self.saved = None
 
 

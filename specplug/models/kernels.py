@@ -1,12 +1,5 @@
-"""Which matrix-product formulation each linear layer uses: measured on this machine, not assumed.
-
-For an activation x [M, in] and a weight W [out, in], BLAS libraries pick very different kernels for
-the same product depending on how it is written and on M. Measured on two CPUs of one machine type
-(docs/benchmarks.md): on an AMD EPYC (AVX2) ``(W @ x.T).T`` streams the weights 3x faster than
-``F.linear`` for M = 2-4, while on an Intel Xeon (AVX-512, AMX) the same form is 2x slower. So the
-engine times the candidates once per machine (CPU model, torch version, threads, dtype, shapes), keeps
-the fastest per row bucket, and caches the choice on disk. ``F.linear`` stays wherever no candidate is
-measurably faster, and wherever timing is impossible (non-CPU devices, errors).
+"""The formulations a linear layer can be computed with, how each stores its weights, and the plan
+that says which one serves each row count (chosen by kernel_choice.py: measured on this machine).
 
 Formulations (``layout`` says how the decoder layers' weights are stored):
   linear     F.linear(x, W)              rows layout: W [out, in]
@@ -16,32 +9,23 @@ Formulations (``layout`` says how the decoder layers' weights are stored):
   x_wt       x @ Wt                      cols layout: Wt = W.T stored contiguous [in, out]
   wt_x       (Wt.T @ x.T).T              cols layout
   onednn     oneDNN's prepacked linear   packed layout: W reordered once into oneDNN's blocked format
-The LM head (often tied to the embedding) always keeps the rows layout. Every layout holds one copy
-of the weights (a packed weight replaces its rows form), so no plan costs memory beyond the model.
+The LM head (often tied to the embedding) always keeps the rows layout. A plan stores the layer
+weights one way, except that it may add packed copies to the rows layout of the layers and of the
+head (oneDNN for the row counts where it is fastest, the rows formulations for the others) when that
+speeds up a decode step or a verify pass and the copies take at most COPY_SHARE of the memory
+available: the plan states their size.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import platform
-import statistics
-import sys
-import time
-import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from specplug.errors import SpecplugError
-
 ROW_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32)  # M measured; between buckets the next one up rules
-MARGIN = 0.05  # a candidate replaces F.linear only when measured at least this much faster (noise)
 PACK_ROWS = 4  # the row count oneDNN's packed layout is ordered for (one pack serves every M)
-PLAN_VERSION = 4  # bump when candidates or the measuring method change: old cache files are ignored
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -112,6 +96,17 @@ class KernelPlan:
     blocks: tuple[str, ...]  # [len(ROW_BUCKETS)] formulation names
     head: tuple[str, ...]  # [len(ROW_BUCKETS)] formulation names (rows layout)
     source: str = "default"  # default, forced, measured, cached, fallback
+    copy_mb: float = 0.0  # the packed copies kept beside the rows layout (layers and / or head; 0: none)
+
+    @property
+    def packed_copy(self) -> bool:
+        """Whether the layers' rows layout is served by a packed copy at some row counts."""
+        return self.layout != "packed" and any(FORMULATIONS[name][0] == "packed" for name in self.blocks)
+
+    @property
+    def head_copy(self) -> bool:
+        """Whether the LM head (rows layout) is served by a packed copy at some row counts."""
+        return any(FORMULATIONS[name][0] == "packed" for name in self.head)
 
     @classmethod
     def uniform(cls, setting: str, source: str) -> "KernelPlan":
@@ -121,16 +116,16 @@ class KernelPlan:
         head = blocks if layout == "rows" else ("linear",) * len(ROW_BUCKETS)
         return cls(layout, blocks, head, source)
 
-    def table(self, part: str) -> list[Callable]:
-        """Formulation per row count M = 0 .. ROW_BUCKETS[-1] + 1 (the last entry: every larger M)."""
+    def table(self, part: str) -> list[tuple[str, Callable]]:
+        """(layout, formulation) per row count M = 0 .. ROW_BUCKETS[-1] + 1 (the last: every larger M)."""
         names = self.blocks if part == "blocks" else self.head
         layout = self.layout if part == "blocks" else "rows"
-        table = [FORMULATIONS[names[0]][1]]
+        table = [FORMULATIONS[names[0]]]
         for m in range(1, ROW_BUCKETS[-1] + 1):
             bucket = next(i for i, b in enumerate(ROW_BUCKETS) if b >= m)
             name = names[bucket]
-            table.append(FORMULATIONS["w_x" if name == "w_x_pad" and m > 1 else name][1])
-        table.append(FORMULATIONS[LARGE[layout]][1])
+            table.append(FORMULATIONS["w_x" if name == "w_x_pad" and m > 1 else name])
+        table.append(FORMULATIONS["onednn" if names[-1] == "onednn" else LARGE[layout]])
         return table
 
     def describe(self) -> str:
@@ -142,142 +137,16 @@ class KernelPlan:
                     parts.append(f"M={lo}{'' if lo == hi else f'-{hi}'}: {names[start]}")
                     start = i
             return ", ".join(parts)
-        return f"{self.source}, weights {self.layout}; layers {runs(self.blocks)}; head {runs(self.head)}"
+        parts = [part for part, kept in (("layers", self.packed_copy), ("head", self.head_copy)) if kept]
+        copy = f" + packed copies of the {' and '.join(parts)} ({self.copy_mb:.0f} MB)" if parts else ""
+        return f"{self.source}, weights {self.layout}{copy}; layers {runs(self.blocks)}; head {runs(self.head)}"
 
 
-def project(x: torch.Tensor, weight: torch.Tensor, table: list[Callable]) -> torch.Tensor:
-    """x [..., in] times the weight (as its layout stores it), with the formulation for x's rows."""
+def project(x: torch.Tensor, weight: torch.Tensor, table: list[tuple[str, Callable]],
+            packed: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., in] times the weight (as its layout stores it, or its ``packed`` copy where the table
+    says), with the formulation for x's rows."""
     rows = x.numel() // x.shape[-1]
-    apply = table[rows] if rows < len(table) else table[-1]
-    out = apply(x.reshape(rows, x.shape[-1]), weight)
+    layout, apply = table[rows] if rows < len(table) else table[-1]
+    out = apply(x.reshape(rows, x.shape[-1]), packed if layout == "packed" and packed is not None else weight)
     return out.reshape(*x.shape[:-1], out.shape[-1])
-
-
-# ---- measuring ----------------------------------------------------------------------------------
-def _time_pass(name: str, weights: Sequence[torch.Tensor], inputs: dict[int, torch.Tensor]) -> float:
-    layout, apply = FORMULATIONS[name]
-    in_dim = 0 if layout == "cols" else 1
-    start = time.perf_counter()
-    for w in weights:
-        apply(inputs[w.shape[in_dim]], w)
-    return time.perf_counter() - start
-
-
-@torch.inference_mode()
-def measure(weights: Sequence[torch.Tensor], candidates: Sequence[str], rounds: int = 3,
-            buckets: Sequence[int] = ROW_BUCKETS) -> dict[str, list[float | None]]:
-    """Median seconds of one pass over ``weights`` (rows layout, [out, in]) per candidate and bucket.
-
-    Every weight is used once per pass, so they stream from memory as in a real forward. Candidates
-    are interleaved round by round, so machine noise hits them alike. None: not a candidate there.
-    """
-    stored = {layout: [lay_out(w, layout) for w in weights] for layout in {FORMULATIONS[c][0] for c in candidates}}
-    results: dict[str, list[float | None]] = {c: [] for c in candidates}
-    dtype, device = weights[0].dtype, weights[0].device
-    for m in buckets:
-        inputs = {n: torch.randn(m, n, dtype=dtype, device=device) for n in {w.shape[1] for w in weights}}
-        here = [c for c in candidates if c != "w_x_pad" or m == 1]
-        samples: dict[str, list[float]] = {c: [] for c in here}
-        for round_ in range(rounds + 1):
-            for c in here:
-                seconds = _time_pass(c, stored[FORMULATIONS[c][0]], inputs)
-                if round_:  # the first round warms up
-                    samples[c].append(seconds)
-        for c in candidates:
-            results[c].append(statistics.median(samples[c]) if c in samples else None)
-    return results
-
-
-def choose(block_times: dict[str, list[float | None]], head_times: dict[str, list[float | None]],
-           source: str = "measured") -> KernelPlan:
-    """The plan from measured times: per bucket the fastest formulation that beats ``linear`` by MARGIN.
-
-    Another layout (cols, packed) is taken only if it is faster over all buckets together than the
-    layout chosen so far and never slower than ``linear`` (beyond MARGIN) in any bucket: weights can
-    be stored only one way.
-    """
-    def best(times: dict[str, list[float | None]], layout: str, bucket: int) -> tuple[str, float]:
-        base = LARGE[layout]
-        name, seconds = base, times[base][bucket]
-        for c, per_bucket in times.items():
-            t = per_bucket[bucket]
-            if FORMULATIONS[c][0] == layout and t is not None and t < seconds * (1 - MARGIN):
-                name, seconds = c, t
-        return name, seconds
-
-    buckets = range(len(ROW_BUCKETS))
-    layout, total = "rows", sum(best(block_times, "rows", b)[1] for b in buckets)
-    for other in ("cols", "packed"):
-        if LARGE[other] not in block_times:
-            continue
-        times = [best(block_times, other, b)[1] for b in buckets]
-        never_worse = all(t <= block_times["linear"][b] * (1 + MARGIN) for b, t in zip(buckets, times))
-        if never_worse and sum(times) < total * (1 - MARGIN):
-            layout, total = other, sum(times)
-    return KernelPlan(layout, tuple(best(block_times, layout, b)[0] for b in buckets),
-                      tuple(best(head_times, "rows", b)[0] for b in buckets), source)
-
-
-# ---- choosing, with a cache on disk -------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
-def plan_key(block_weights: Sequence[torch.Tensor], head: torch.Tensor) -> dict:
-    """What a measured plan depends on: the machine, torch, threads, dtype and the weights' shapes."""
-    return {"version": PLAN_VERSION, "cpu": cpu_model(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "dtype": str(head.dtype),
-            "shapes": sorted({tuple(w.shape) for w in block_weights}), "head": list(head.shape)}
-
-
-def plan_path(cache_dir: Path, key: dict) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return cache_dir / "kernels" / f"{digest}.json"
-
-
-def select(setting: str, block_weights: Sequence[torch.Tensor], head: torch.Tensor,
-           cache_dir: Path | None) -> KernelPlan:
-    """The plan for ``setting`` (auto: measured once per machine, then read from ``cache_dir``)."""
-    can_run = available(head.dtype, head.device)
-    if setting != "auto":
-        if setting not in can_run:
-            raise SpecplugError(f"linear_kernel: {setting} cannot run for {str(head.dtype).removeprefix('torch.')} "
-                                f"weights on {head.device.type} (oneDNN packing takes float32 or bfloat16 on a "
-                                "CPU build with oneDNN); use linear_kernel: auto")
-        return KernelPlan.uniform(setting, "forced")
-    if head.device.type != "cpu":
-        return KernelPlan.uniform("linear", "default")
-    key = plan_key(block_weights, head)
-    path = plan_path(cache_dir, key) if cache_dir is not None else None
-    if path is not None and path.is_file():
-        try:
-            saved = json.loads(path.read_text())
-            if saved.get("key") == json.loads(json.dumps(key)):
-                plan = saved["plan"]
-                return KernelPlan(plan["layout"], tuple(plan["blocks"]), tuple(plan["head"]), "cached")
-        except (OSError, ValueError, TypeError):
-            pass  # unreadable: measure again and overwrite
-    try:
-        print("specplug: timing the linear-layer kernels for this CPU (once; cached)", file=sys.stderr, flush=True)
-        plan = choose(measure(block_weights, can_run),
-                      measure([head], tuple(n for n in can_run if FORMULATIONS[n][0] == "rows")))
-    except RuntimeError as exc:
-        warnings.warn(f"could not time the linear kernels ({exc}); using F.linear everywhere")
-        return KernelPlan.uniform("linear", "fallback")
-    if path is not None:
-        _save(path, key, plan)
-    return plan
-
-
-def _save(path: Path, key: dict, plan: KernelPlan) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".tmp")
-        partial.write_text(json.dumps({"key": key, "plan": asdict(plan)}, indent=1))
-        partial.replace(path)
-    except OSError as exc:
-        warnings.warn(f"could not cache the kernel choice at {path} ({exc}); it will be measured again")

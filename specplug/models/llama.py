@@ -10,7 +10,7 @@ fuses it), attention reads the static GQA cache through SDPA with
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -34,15 +34,22 @@ class Block:
     mlp_norm: torch.Tensor  # [hidden]
     gate_up: torch.Tensor  # [2 * intermediate, hidden]
     down: torch.Tensor  # [hidden, intermediate]
+    packed: dict[str, torch.Tensor] = field(default_factory=dict)  # oneDNN copies, if the plan keeps them
 
     MATRICES = ("qkv", "out", "gate_up", "down")
 
     def matrices(self) -> list[torch.Tensor]:
         return [getattr(self, name) for name in self.MATRICES]
 
-    def relayout(self, old: str, new: str) -> None:
+    def relayout(self, old: str, new: str, packed_copy: bool) -> None:
         for name in self.MATRICES:
             setattr(self, name, lay_out(rows_of(getattr(self, name), old), new))
+        self.packed = {name: lay_out(rows_of(getattr(self, name), new), "packed")
+                       for name in self.MATRICES} if packed_copy else {}
+
+    def linear(self, x: torch.Tensor, name: str, table: list) -> torch.Tensor:
+        """x [..., in] through this layer's weight ``name``, with the kernel table's formulation."""
+        return project(x, getattr(self, name), table, self.packed.get(name))
 
 
 @dataclass(frozen=True)
@@ -117,12 +124,13 @@ class CompactLlama(nn.Module):
 
     def use_kernels(self, plan: KernelPlan) -> None:
         """Compute every linear layer as ``plan`` says (re-laying the layer weights if it asks)."""
-        current = self.kernels.layout if hasattr(self, "kernels") else "rows"
-        if current != plan.layout:
+        current = self.kernels if hasattr(self, "kernels") else KernelPlan.uniform("linear", "default")
+        if (current.layout, current.packed_copy) != (plan.layout, plan.packed_copy):
             for block in self.blocks:
-                block.relayout(current, plan.layout)
+                block.relayout(current.layout, plan.layout, plan.packed_copy)
         self.kernels = plan
         self._block_kernels, self._head_kernels = plan.table("blocks"), plan.table("head")
+        self._head_packed = lay_out(self.lm_head, "packed") if plan.head_copy else None
 
     def layer_matrices(self) -> list[torch.Tensor]:
         """Every decoder layer's 2-D weights in the rows layout ([out, in]; views where transposed,
@@ -211,26 +219,31 @@ class CompactLlama(nn.Module):
             if plan is None or plan.attention[index]:
                 h = h + self.attention(index, block, h, positions, cache, rows, upto, mask)
             if plan is None or plan.mlp[index]:
-                gate, up = self.linear(self.rms_norm(h, block.mlp_norm), block.gate_up).chunk(2, dim=-1)
-                h = h + self.linear(F.silu(gate) * up, block.down)
+                gate, up = block.linear(self.rms_norm(h, block.mlp_norm), "gate_up", self._block_kernels).chunk(2, -1)
+                h = h + block.linear(F.silu(gate) * up, "down", self._block_kernels)
         if logit_positions is not None:
             h = h.gather(1, logit_positions[..., None].expand(-1, -1, h.shape[-1]))
-        return project(self.rms_norm(h, self.norm), self.lm_head, self._head_kernels).float()
+        return project(self.rms_norm(h, self.norm), self.lm_head, self._head_kernels, self._head_packed).float()
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """x [..., in] through a decoder layer's weight, with the kernel plan's formulation."""
-        return project(x, weight, self._block_kernels)
+        """x [..., in] through a decoder layer's weight (as its block stores it), with the kernel plan's
+        formulation (for plugins; the forward calls ``Block.linear``)."""
+        for block in self.blocks:
+            for name in block.MATRICES:
+                if getattr(block, name) is weight:
+                    return block.linear(x, name, self._block_kernels)
+        raise ValueError("linear() takes a decoder layer's weight of this model (Block.qkv, out, gate_up or down)")
 
     def attention(self, index: int, block: Block, h: torch.Tensor, positions: torch.Tensor,
                   cache: StaticKVCache, rows: slice, upto: int, mask: torch.Tensor) -> torch.Tensor:
         """Self-attention of layer ``index`` (its residual input ``h`` [B, T, hidden]); writes K/V."""
         s = self.shape
         batch, steps = h.shape[:2]
-        qkv = self.linear(self.rms_norm(h, block.attn_norm), block.qkv)
+        qkv = block.linear(self.rms_norm(h, block.attn_norm), "qkv", self._block_kernels)
         qkv = qkv.view(batch, steps, s.q_heads + 2 * s.kv_heads, s.head_dim)
         qk = self.apply_rope(qkv[:, :, : s.q_heads + s.kv_heads], positions)
         q, k, v = qk[:, :, : s.q_heads], qk[:, :, s.q_heads :], qkv[:, :, s.q_heads + s.kv_heads :]
         cache.write(index, rows, positions, k, v)
         k_all, v_all = cache.read(index, rows, upto)
         attn = F.scaled_dot_product_attention(q.transpose(1, 2), k_all, v_all, attn_mask=mask, enable_gqa=True)
-        return self.linear(attn.transpose(1, 2).reshape(batch, steps, -1), block.out)
+        return block.linear(attn.transpose(1, 2).reshape(batch, steps, -1), "out", self._block_kernels)

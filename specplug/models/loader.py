@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from specplug.errors import SpecplugError
-from specplug.models import kernels
+from specplug.models import kernel_choice
 from specplug.models.llama import SUPPORTED_MODEL_TYPES, CompactLlama
 
 # alias -> (package that ships the file, file name inside the package, pip command that installs it)
@@ -203,7 +203,7 @@ def compact_from_hf(hf_model, dtype: torch.dtype, device: torch.device, linear_k
     """The engine's model from an HF one, computing its linear layers as ``linear_kernel`` says
     (auto: the formulation measured fastest on this machine, cached under the cache directory)."""
     model = CompactLlama.from_hf(hf_model, dtype, device)
-    model.use_kernels(kernels.select(linear_kernel, model.layer_matrices(), model.lm_head, cache_dir()))
+    model.use_kernels(kernel_choice.select(linear_kernel, model.layer_matrices(), model.lm_head, cache_dir()))
     return model
 
 
