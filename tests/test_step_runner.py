@@ -5,6 +5,9 @@ The tiny float64 model makes these run in seconds; the real-model tests cover fp
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -116,3 +119,25 @@ def test_compiled_steps_equal_the_reference(tiny_model, expected):
     outputs, engine = run_engine(tiny_model, NgramProposer(1, 3), None, batch=1, k=1, prompts=2, compiled=True)
     assert outputs == expected[:2]
     assert engine.runner.forward is not tiny_model.forward and engine.runner.widths == (1, 2)
+    kept = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+    assert kept.is_dir() and any(kept.iterdir()), "inductor wrote what it compiled under the kept directory"
+
+
+def test_compiled_code_is_kept_per_cpu_and_torch_under_specplug_s_cache(monkeypatch, tmp_path):
+    from specplug.models import runner
+
+    monkeypatch.setenv("SPECPLUG_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    here = runner.compiled_code_dir()
+    assert here.parent == tmp_path / "compiled"
+    runner.keep_compiled_code()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(here)
+    monkeypatch.setattr(runner, "cpu_model", lambda: "another CPU")
+    assert runner.compiled_code_dir() != here
+    monkeypatch.undo()
+    monkeypatch.setenv("SPECPLUG_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(torch, "__version__", "9.9.9")
+    assert runner.compiled_code_dir() != here
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/where/the/user/wants/it")
+    runner.keep_compiled_code()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/where/the/user/wants/it"

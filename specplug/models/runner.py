@@ -15,13 +15,32 @@ past each row's valid length, both overwritten before they are ever read.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from specplug.models.kernel_choice import cpu_model
 from specplug.models.kv_cache import StaticKVCache
 from specplug.models.llama import CompactLlama, LayerPlan
+from specplug.models.loader import cache_dir
+
+
+def compiled_code_dir() -> Path:
+    """Where inductor keeps what it compiled (FX graphs, AOT autograd, C++ kernels) for this machine:
+    under specplug's cache, one directory per CPU model, torch version and thread count, so a second
+    start compiles nothing again and another CPU or torch never reuses the code."""
+    key = json.dumps({"cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads()})
+    return cache_dir() / "compiled" / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def keep_compiled_code() -> None:
+    """Point inductor's caches at ``compiled_code_dir()`` (a TORCHINDUCTOR_CACHE_DIR of the user's wins)."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compiled_code_dir()))
 
 
 def buckets(largest: int, padded: bool) -> tuple[int, ...]:
@@ -63,6 +82,7 @@ class StepRunner:
         if compiled:
             import torch._dynamo
 
+            keep_compiled_code()
             # one graph per bucket (and gather mode); the attended extent is a dynamic size
             shapes = 2 * len(batch_sizes) * len(widths)
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, shapes)
