@@ -141,3 +141,26 @@ def test_compiled_code_is_kept_per_cpu_and_torch_under_specplug_s_cache(monkeypa
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/where/the/user/wants/it")
     runner.keep_compiled_code()
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/where/the/user/wants/it"
+
+
+def test_an_unreadable_compiled_code_entry_is_one_warning_not_a_traceback(monkeypatch, tmp_path, capsys):
+    """inductor skips an entry it cannot unpickle and compiles it again (measured: a cache of random bytes
+    gave the same tokens, docs/benchmarks.md); what it logs for that becomes one warning."""
+    import logging
+
+    from specplug.models import runner
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    codecache = logging.getLogger("torch._inductor.codecache")
+    for old in [f for f in codecache.filters if isinstance(f, runner._UnreadableEntries)]:
+        codecache.removeFilter(old)  # a fresh one, that has said nothing yet
+    runner.keep_compiled_code()
+    runner.keep_compiled_code()  # idempotent: one filter
+    assert sum(isinstance(f, runner._UnreadableEntries) for f in codecache.filters) == 1
+    with pytest.warns(UserWarning, match="compiled-code cache entry under .* could not be read") as caught:
+        for _ in range(3):
+            try:
+                raise ValueError("invalid load key")
+            except ValueError:
+                codecache.warning("fx graph cache unable to load compiled graph", exc_info=True)
+    assert len(caught) == 1 and "Traceback" not in capsys.readouterr().err

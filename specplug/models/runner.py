@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -39,8 +40,29 @@ def compiled_code_dir() -> Path:
 
 
 def keep_compiled_code() -> None:
-    """Point inductor's caches at ``compiled_code_dir()`` (a TORCHINDUCTOR_CACHE_DIR of the user's wins)."""
+    """Point inductor's caches at ``compiled_code_dir()`` (a TORCHINDUCTOR_CACHE_DIR of the user's wins).
+
+    inductor skips a cache entry it cannot read and compiles it again, logging a traceback per entry;
+    that becomes one warning."""
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compiled_code_dir()))
+    codecache = logging.getLogger("torch._inductor.codecache")
+    if not any(isinstance(f, _UnreadableEntries) for f in codecache.filters):
+        codecache.addFilter(_UnreadableEntries())
+
+
+class _UnreadableEntries(logging.Filter):
+    """Drops inductor's tracebacks for cache entries it could not read, saying so once instead."""
+
+    said = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info is None:
+            return True
+        if not self.said:
+            self.said = True
+            warnings.warn(f"a compiled-code cache entry under {os.environ.get('TORCHINDUCTOR_CACHE_DIR')} could not "
+                          "be read (corrupt or from another version); it is compiled again")
+        return False
 
 
 def buckets(largest: int, padded: bool) -> tuple[int, ...]:
