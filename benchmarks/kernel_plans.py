@@ -21,24 +21,11 @@ import torch
 from specplug.config import load_config
 from specplug.llm import LLM
 from specplug.models import kernel_choice
+from specplug.models.costs import forward_ms
 from specplug.models.loader import cache_dir
 
 SHAPES = [(1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 8), (8, 1), (8, 4)]
 ROUNDS = 5
-
-
-@torch.inference_mode()
-def forward_ms(model, batch: int, width: int, context: int = 400, repeats: int = 10) -> float:
-    cache = model.new_cache(batch, context + width + 1)
-    ids = torch.zeros((batch, width), dtype=torch.long)
-    positions = (context + torch.arange(width))[None].expand(batch, -1).contiguous()
-    times = []
-    for i in range(repeats + 2):
-        start = time.perf_counter()
-        model(ids, positions, cache, slice(0, batch), upto=context + width)
-        if i >= 2:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
 
 
 def plans(model) -> dict:
@@ -58,7 +45,8 @@ def main() -> None:
         for shape in SHAPES:
             for label, plan in chosen.items():
                 model.use_kernels(plan)
-                samples[label][shape].append(forward_ms(model, *shape))
+                batch, width = shape
+                samples[label][shape].append(forward_ms(model, width, context=400, repeats=10, batch=batch))
     table = {label: {f"{b}x{w}": round(statistics.median(s), 1) for (b, w), s in by_shape.items()}
              for label, by_shape in samples.items()}
     for label, row in table.items():

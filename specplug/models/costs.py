@@ -9,21 +9,22 @@ from collections.abc import Iterable
 
 import torch
 
+from specplug.models.kernels import stored_bytes
 from specplug.models.llama import CompactLlama, LayerPlan
 
 
 @torch.inference_mode()
 def forward_ms(model: CompactLlama, width: int = 1, context: int = 300, repeats: int = 20,
-               plan: LayerPlan | None = None) -> float:
-    """Median time (ms) of one forward of ``width`` tokens (batch 1, logits at every position) after
-    ``context`` cached tokens, as a decode step (width 1) or a verify pass (width k + 1) runs it."""
-    cache = model.new_cache(1, context + width + 1)
-    ids = torch.zeros((1, width), dtype=torch.long, device=model.device)
-    positions = context + torch.arange(width, device=model.device)[None]
+               plan: LayerPlan | None = None, batch: int = 1) -> float:
+    """Median time (ms) of one forward of ``batch`` rows of ``width`` tokens (logits at every position)
+    after ``context`` cached tokens, as a decode step (width 1) or a verify pass (width k + 1) runs it."""
+    cache = model.new_cache(batch, context + width + 1)
+    ids = torch.zeros((batch, width), dtype=torch.long, device=model.device)
+    positions = (context + torch.arange(width, device=model.device))[None].expand(batch, -1).contiguous()
     times = []
     for i in range(repeats + 3):
         start = time.perf_counter()
-        model(ids, positions, cache, slice(0, 1), plan=plan, upto=context + width)
+        model(ids, positions, cache, slice(0, batch), plan=plan, upto=context + width)
         if i >= 3:
             times.append(time.perf_counter() - start)
     return statistics.median(times) * 1000
@@ -42,8 +43,7 @@ def cost_by_width(model: CompactLlama, widths: Iterable[int] = range(1, 9), cont
 
 def weight_bytes(model: CompactLlama) -> int:
     """Bytes a decode step must read: every layer matrix and the LM head (norms are negligible)."""
-    stored = [w for block in model.blocks for w in block.matrices()]  # any layout holds the same elements
-    return sum(w.numel() * w.element_size() for w in [*stored, model.lm_head])
+    return stored_bytes([*(w for block in model.blocks for w in block.matrices()), model.lm_head])
 
 
 @torch.inference_mode()

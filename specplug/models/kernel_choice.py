@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from specplug.errors import SpecplugError
-from specplug.models.kernels import FORMULATIONS, LARGE, ROW_BUCKETS, KernelPlan, available, lay_out
+from specplug.models.kernels import FORMULATIONS, LARGE, ROW_BUCKETS, KernelPlan, available, lay_out, stored_bytes
 from specplug.models.kv_cache import available_bytes
 
 MARGIN = 0.05  # a candidate replaces F.linear only when measured at least this much faster (noise)
@@ -139,9 +139,13 @@ def plan_key(block_weights: Sequence[torch.Tensor], head: torch.Tensor) -> dict:
             "shapes": sorted({tuple(w.shape) for w in block_weights}), "head": list(head.shape)}
 
 
+def key_digest(key: dict) -> str:
+    """A short name for a cache entry that depends on ``key`` (kernel plans, compiled code)."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def plan_path(cache_dir: Path, key: dict) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return cache_dir / "kernels" / f"{digest}.json"
+    return cache_dir / "kernels" / f"{key_digest(key)}.json"
 
 
 def select(setting: str, block_weights: Sequence[torch.Tensor], head: torch.Tensor,
@@ -182,8 +186,7 @@ def select(setting: str, block_weights: Sequence[torch.Tensor], head: torch.Tens
 def _copy_allowance(block_weights: Sequence[torch.Tensor], head: torch.Tensor) -> dict[str, float]:
     """MB of packed copies of the layer weights and of the head, if together they fit in COPY_SHARE of
     the memory available (else none)."""
-    sizes = {"blocks": sum(w.numel() * w.element_size() for w in block_weights),
-             "head": head.numel() * head.element_size()}
+    sizes = {"blocks": stored_bytes(block_weights), "head": stored_bytes([head])}
     free = available_bytes(head.device)
     fits = free is not None and sum(sizes.values()) <= COPY_SHARE * free
     return {part: size / 1e6 for part, size in sizes.items()} if fits else {}

@@ -18,7 +18,7 @@ available: the plan states their size.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -80,6 +80,11 @@ def rows_of(stored: torch.Tensor, layout: str) -> torch.Tensor:
     if layout == "cols":
         return stored.T
     return stored.to_dense() if layout == "packed" else stored
+
+
+def stored_bytes(weights: Iterable[torch.Tensor]) -> int:
+    """Bytes the weights hold, whatever their layout (a packed weight keeps its elements)."""
+    return sum(w.numel() * w.element_size() for w in weights)
 
 
 def available(dtype: torch.dtype, device: torch.device) -> tuple[str, ...]:

@@ -15,8 +15,6 @@ past each row's valid length, both overwritten before they are ever read.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import warnings
@@ -25,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from specplug.models.kernel_choice import cpu_model
+from specplug.models.kernel_choice import cpu_model, key_digest
 from specplug.models.kv_cache import StaticKVCache
 from specplug.models.llama import CompactLlama, LayerPlan
 from specplug.models.loader import cache_dir
@@ -35,8 +33,8 @@ def compiled_code_dir() -> Path:
     """Where inductor keeps what it compiled (FX graphs, AOT autograd, C++ kernels) for this machine:
     under specplug's cache, one directory per CPU model, torch version and thread count, so a second
     start compiles nothing again and another CPU or torch never reuses the code."""
-    key = json.dumps({"cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads()})
-    return cache_dir() / "compiled" / hashlib.sha256(key.encode()).hexdigest()[:16]
+    key = {"cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    return cache_dir() / "compiled" / key_digest(key)
 
 
 def keep_compiled_code() -> None:
