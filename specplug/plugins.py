@@ -23,7 +23,7 @@ import pluggy
 
 from specplug import hookspecs
 from specplug.errors import closest
-from specplug.hookspecs import API_VERSION
+from specplug.hookspecs import API_VERSION, COMPATIBLE_API_VERSIONS
 from specplug.registry import Kind, Registrar, Registry
 
 ENTRY_POINT_GROUP = "specplug"
@@ -34,6 +34,7 @@ DEFAULT_PLUGINS = (
     "specplug.proposers.draft_model",
     "specplug.proposers.layerskip",
     "specplug.proposers.suffix",
+    "specplug.proposers.eagle3",
     "specplug.verifiers.builtin",
 )
 
@@ -173,7 +174,7 @@ def load_registry(pm: PluginManager | None = None) -> Registry:
 
 def _compatible(name: str, plugin: Any) -> bool:
     declared = getattr(plugin, "specplug_api_version", None)
-    if declared is None or declared == API_VERSION:
+    if declared is None or declared in COMPATIBLE_API_VERSIONS:
         return True
     warnings.warn(f"plugin '{name}' is built for specplug plugin API {declared!r}; this specplug speaks "
                   f"{API_VERSION}: it is skipped (install a release of it made for API {API_VERSION})", stacklevel=3)

@@ -121,15 +121,15 @@ def test_a_factory_that_returns_no_proposer_is_named(plugin_manager):
 
 def test_a_plugin_for_another_interface_version_is_skipped(plugin_manager):
     class Future:
-        specplug_api_version = 2
+        specplug_api_version = 3
 
         @hookimpl
         def register_proposers(self, register):
             register.proposer("future", lambda context: Fixed(1))
 
     plugin_manager.register(Future(), name="future-plugin")
-    with pytest.warns(UserWarning, match="plugin 'future-plugin' is built for specplug plugin API 2; this "
-                                         "specplug speaks 1: it is skipped"):
+    with pytest.warns(UserWarning, match="plugin 'future-plugin' is built for specplug plugin API 3; this "
+                                         "specplug speaks 2: it is skipped"):
         registry = load_registry(plugin_manager)
     assert "future" not in registry.names("proposer")
 
@@ -188,7 +188,8 @@ def test_a_plugin_contributes_commands_and_tuners(plugin_manager, capsys):
     registry = registry_with(plugin_manager, CommandPlugin())
     assert {c.full_name: c.plugin for c in registry.commands.values()} == {
         "hello": registry.commands[(None, "hello")].plugin, "tune fixed": registry.commands[("tune", "fixed")].plugin,
-        "make-draft": "specplug.proposers.draft_model", "tune layerskip": "specplug.proposers.layerskip"}
+        "make-draft": "specplug.proposers.draft_model", "tune layerskip": "specplug.proposers.layerskip",
+        "make-eagle3": "specplug.proposers.eagle3"}
     assert main(["hello", "--name", "x"], registry) == 3
     assert main(["tune", "fixed", "--name", "y"], registry) == 3
     assert CommandPlugin.ran == [("hello", None, "x"), ("tune", "fixed", "y")]
@@ -261,3 +262,15 @@ def test_the_faces_name_no_proposer(module):
     code = "\n".join(line.split("#")[0] for line in source.splitlines())
     for name in load_registry(make_plugin_manager(load_entrypoints=False)).names("proposer"):
         assert f'"{name}"' not in code and f"'{name}'" not in code, (module, name)
+
+
+def test_a_plugin_for_an_older_interface_that_this_one_contains_still_loads(plugin_manager):
+    class Older:
+        specplug_api_version = 1  # version 2 only added to it
+
+        @hookimpl
+        def register_proposers(self, register):
+            register.proposer("older", lambda context: Fixed(1))
+
+    plugin_manager.register(Older(), name="older-plugin")
+    assert "older" in load_registry(plugin_manager).names("proposer")

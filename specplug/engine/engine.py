@@ -151,12 +151,14 @@ class Engine:
         positions = torch.arange(longest, device=input_ids.device).expand(len(rows), -1)
         last = torch.tensor([[len(p) - 1] for p in prompts], device=input_ids.device)
         try:
-            logits = self.model(input_ids, positions, self.cache, slice(first, first + len(rows)), last,
-                                upto=longest)
+            logits, features = self.model.forward_features(input_ids, positions, self.cache,
+                                                           slice(first, first + len(rows)),
+                                                           self.drafting.feature_layers(rows), last, upto=longest)
         except Exception as exc:
             return self._fail_all(rows, "the target's prefill", exc)
         for row, prompt in zip(rows, prompts):
             self.cache.lengths[row.slot] = len(prompt)
+        self.drafting.features(rows, [0] * len(rows), [len(p) for p in prompts], features)
         return self._accept(rows, [Draft([]) for _ in rows], logits, prefill=True)
 
     def _speculative_step(self, rows: list[EngineRow]) -> list[StepOutput]:
@@ -165,10 +167,13 @@ class Engine:
         proposed = time.perf_counter()
         try:
             logits = self.runner.run([[row.token_ids[-1], *d.token_ids] for row, d in zip(rows, drafts)],
-                                     [self.cache.lengths[row.slot] for row in rows])
+                                     [self.cache.lengths[row.slot] for row in rows],
+                                     layers=self.drafting.feature_layers(rows))
         except Exception as exc:
             return self._fail_all(rows, "the target's forward", exc)
+        starts = [len(row.token_ids) - 1 for row in rows]  # the position of each row's last token
         outputs = self._accept(rows, drafts, logits, prefill=False)
+        self.drafting.features(rows, starts, [1 + out.num_accepted for out in outputs], self.runner.features)
         self.drafting.observe(rows, drafts, [out.num_accepted for out in outputs], len(rows), logits.shape[1],
                               time.perf_counter() - proposed, proposed - started)
         return outputs

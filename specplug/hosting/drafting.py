@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import torch
+
 from specplug.hosting.faults import PluginFaults
 from specplug.hosting.rows import Row
 from specplug.hosting.strategy import Strategy
@@ -115,6 +117,25 @@ class Drafting:
                                             propose_seconds, tokens)
                 except Exception as exc:
                     self.faults.record(strategy, "policy", exc, [rows[i] for i in idx])
+
+    def feature_layers(self, rows: Sequence[Row]) -> tuple[int, ...]:
+        """The target layers whose features some proposer of ``rows`` drafts from (sorted; () for none)."""
+        return tuple(sorted({layer for strategy in group_by_strategy(rows) for layer in strategy.proposer.feature_layers}))
+
+    def features(self, rows: Sequence[Row], first_positions: Sequence[int], counts: Sequence[int],
+                 features: dict[int, torch.Tensor]) -> None:
+        """Hand each row's proposer the target's ``features`` ({layer: [B, T, hidden]}, row i in batch row i)
+        at its ``counts[i]`` positions from ``first_positions[i]`` on, the layers it asked for concatenated."""
+        for strategy, idx in group_by_strategy(rows).items():
+            layers = strategy.proposer.feature_layers
+            if not layers:
+                continue
+            try:
+                for i in idx:
+                    chunk = torch.cat([features[layer][i, : counts[i]] for layer in layers], -1)
+                    strategy.proposer.on_target_features(rows[i].seq_id, first_positions[i], chunk)
+            except Exception as exc:
+                self.faults.record(strategy, "on_target_features", exc, [rows[i] for i in idx])
 
     def release(self, row: Row) -> None:
         """``row`` left: its proposer forgets it (a proposer that raises here only costs a fault count)."""

@@ -211,19 +211,34 @@ class CompactLlama(nn.Module):
         ``upto`` (> every position) bounds the cache extent attended; callers that keep the lengths
         on the host pass it, so the step reads nothing back from the device.
         """
+        return self.forward_features(input_ids, positions, cache, rows, (), logit_positions, plan, upto)[0]
+
+    def forward_features(self, input_ids: torch.Tensor, positions: torch.Tensor, cache: StaticKVCache,
+                         rows: slice, layers: tuple[int, ...], logit_positions: torch.Tensor | None = None,
+                         plan: LayerPlan | None = None, upto: int | None = None
+                         ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """``forward``, also returning the residual stream entering each decoder layer of ``layers``
+        ({layer: [B, T, hidden]} at every position; layer ``num_layers`` is the last layer's output before
+        the final norm), the features EAGLE-3 heads draft from (vLLM's aux hidden states)."""
         if upto is None:
             upto = int(positions.max()) + 1
         mask = self.attention_mask(positions, upto)
         h = F.embedding(input_ids, self.embed)
+        features = {}
         for index, block in enumerate(self.blocks):
+            if index in layers:
+                features[index] = h
             if plan is None or plan.attention[index]:
                 h = h + self.attention(index, block, h, positions, cache, rows, upto, mask)
             if plan is None or plan.mlp[index]:
                 gate, up = block.linear(self.rms_norm(h, block.mlp_norm), "gate_up", self._block_kernels).chunk(2, -1)
                 h = h + block.linear(F.silu(gate) * up, "down", self._block_kernels)
+        if self.shape.num_layers in layers:
+            features[self.shape.num_layers] = h
         if logit_positions is not None:
             h = h.gather(1, logit_positions[..., None].expand(-1, -1, h.shape[-1]))
-        return project(self.rms_norm(h, self.norm), self.lm_head, self._head_kernels, self._head_packed).float()
+        logits = project(self.rms_norm(h, self.norm), self.lm_head, self._head_kernels, self._head_packed).float()
+        return logits, features
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """x [..., in] through a decoder layer's weight (as its block stores it), with the kernel plan's

@@ -84,8 +84,10 @@ class StaticStep:
     input_ids: torch.Tensor  # [Bb, Tb] long
     positions: torch.Tensor  # [Bb, Tb] long
     last: torch.Tensor | None  # [Bb, 1] long: the one position whose logits are wanted; None = all
+    layers: tuple[int, ...] = ()  # the layers whose input features the step also returns
     graph: torch.cuda.CUDAGraph | None = None
     logits: torch.Tensor | None = None  # [Bb, Tb or 1, V] float32, the graph's output
+    features: dict[int, torch.Tensor] | None = None  # {layer: [Bb, Tb, hidden]}, the graph's output
 
 
 class StepRunner:
@@ -97,8 +99,10 @@ class StepRunner:
         self.model, self.cache, self.plan = model, cache, plan
         self.batch_sizes, self.widths = batch_sizes, widths
         self.graphs = graphs and model.device.type == "cuda"
-        self.static: dict[tuple[int, int, bool], StaticStep] = {}
-        self.forward = model.forward
+        self.static: dict[tuple[int, int, bool, tuple[int, ...]], StaticStep] = {}
+        # {layer: [B, T, hidden]}: the features the last ``run`` was asked for (``layers``), else empty
+        self.features: dict[int, torch.Tensor] = {}
+        self.forward = model.forward_features
         if compiled:
             import torch._dynamo
 
@@ -106,7 +110,7 @@ class StepRunner:
             # one graph per bucket (and gather mode); the attended extent is a dynamic size
             shapes = 2 * len(batch_sizes) * len(widths)
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, shapes)
-            self.forward = torch.compile(model.forward, dynamic=True)
+            self.forward = torch.compile(model.forward_features, dynamic=True)
 
     @classmethod
     def create(cls, model: CompactLlama, max_batch: int, max_width: int, max_len: int,
@@ -123,42 +127,46 @@ class StepRunner:
         return cls(model, cache, batch_sizes, widths, plan, graphs, compiled)
 
     @torch.inference_mode()
-    def run(self, tokens: list[list[int]], starts: list[int], last: list[int] | None = None) -> torch.Tensor:
+    def run(self, tokens: list[list[int]], starts: list[int], last: list[int] | None = None,
+            layers: tuple[int, ...] = ()) -> torch.Tensor:
         """Feed ``tokens[i]`` to cache slot i at positions ``starts[i]`` on (rows right-padded).
 
         Returns float32 logits [B, T, V], T = the longest row, or [B, 1, V] at position ``last[i]`` of
-        each row when ``last`` is given. Shapes past the largest bucket (a drafter's first catch-up over
-        a whole prompt) run eagerly as they are, in buffers that are not kept and never compiled.
+        each row when ``last`` is given; the input features of ``layers`` ([B, T, hidden] each) are left in
+        ``self.features``. Shapes past the largest bucket (a drafter's first catch-up over a whole prompt)
+        run eagerly as they are, in buffers that are not kept and never compiled.
         """
         batch, width = len(tokens), max(map(len, tokens))
         padded_batch, padded_width = bucket_for(batch, self.batch_sizes), bucket_for(width, self.widths)
         if padded_batch is None or padded_width is None:
-            step = self._new_step(batch, width, last is not None)
+            step = self._new_step(batch, width, last is not None, layers)
             self._fill(step, tokens, starts, last)
-            logits = self._forward(step, min(max(starts) + width, self.cache.max_len), self.model.forward)
+            logits, features = self._forward(step, min(max(starts) + width, self.cache.max_len),
+                                             self.model.forward_features)
         else:
-            step = self._static(padded_batch, padded_width, last is not None)
+            step = self._static(padded_batch, padded_width, last is not None, layers)
             if self.graphs and step.graph is None:
                 self._capture(step)
             self._fill(step, tokens, starts, last)
             if step.graph is not None:
                 step.graph.replay()
-                logits = step.logits
+                logits, features = step.logits, step.features
             else:
-                logits = self._forward(step, min(max(starts) + padded_width, self.cache.max_len))
+                logits, features = self._forward(step, min(max(starts) + padded_width, self.cache.max_len))
+        self.features = {layer: f[:batch, :width] for layer, f in features.items()}
         return logits[:batch] if last is not None else logits[:batch, :width]
 
-    def _static(self, batch: int, width: int, gather: bool) -> StaticStep:
-        key = (batch, width, gather)
+    def _static(self, batch: int, width: int, gather: bool, layers: tuple[int, ...]) -> StaticStep:
+        key = (batch, width, gather, layers)
         if key not in self.static:
-            self.static[key] = self._new_step(batch, width, gather)
+            self.static[key] = self._new_step(batch, width, gather, layers)
         return self.static[key]
 
-    def _new_step(self, batch: int, width: int, gather: bool) -> StaticStep:
+    def _new_step(self, batch: int, width: int, gather: bool, layers: tuple[int, ...]) -> StaticStep:
         device = self.model.device
         return StaticStep(torch.zeros((batch, width), dtype=torch.long, device=device),
                           torch.zeros((batch, width), dtype=torch.long, device=device),
-                          torch.zeros((batch, 1), dtype=torch.long, device=device) if gather else None)
+                          torch.zeros((batch, 1), dtype=torch.long, device=device) if gather else None, layers)
 
     def _fill(self, step: StaticStep, tokens: list[list[int]], starts: list[int], last: list[int] | None) -> None:
         padded_batch, padded_width = step.input_ids.shape
@@ -173,9 +181,10 @@ class StepRunner:
         if last is not None:
             step.last.copy_(torch.tensor(last + [0] * (padded_batch - len(last)))[:, None], non_blocking=True)
 
-    def _forward(self, step: StaticStep, upto: int, forward=None) -> torch.Tensor:
+    def _forward(self, step: StaticStep, upto: int, forward=None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         rows = slice(0, step.input_ids.shape[0])
-        return (forward or self.forward)(step.input_ids, step.positions, self.cache, rows, step.last, self.plan, upto)
+        return (forward or self.forward)(step.input_ids, step.positions, self.cache, rows, step.layers, step.last,
+                                         self.plan, upto)
 
     def _capture(self, step: StaticStep) -> None:
         """Record the bucket's forward as a CUDA graph over the whole cache extent (static shapes).
@@ -192,7 +201,7 @@ class StepRunner:
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                step.logits = self._forward(step, self.cache.max_len)
+                step.logits, step.features = self._forward(step, self.cache.max_len)
             step.graph = graph
         except RuntimeError as exc:  # capture unsupported here: eager from now on, said once
             warnings.warn(f"CUDA graph capture failed ({str(exc).splitlines()[0]}); running eagerly")

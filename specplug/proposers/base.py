@@ -3,6 +3,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Sequence
 
+import torch
+
 from specplug.errors import SpecplugError
 from specplug.metadata import Draft, DraftRequest, VerifyOutcome
 
@@ -24,6 +26,16 @@ class Proposer(ABC):
 
     def release(self, seq_id: Hashable) -> None:  # noqa: B027 - optional hook
         """Forget everything kept for ``seq_id`` (the row finished or was cancelled)."""
+
+    # The target's layers whose input features (residual stream) this proposer drafts from, as vLLM's
+    # EAGLE-3 aux hidden-state layer ids; () for none. A host that can supply them calls
+    # ``on_target_features`` after every target forward; one that cannot refuses the proposer.
+    feature_layers: tuple[int, ...] = ()
+
+    def on_target_features(self, seq_id: Hashable, first_position: int,  # noqa: B027 - optional hook
+                           features: torch.Tensor) -> None:
+        """The target's features ([m, len(feature_layers) * hidden], layers concatenated in order) at the
+        row's positions ``first_position`` .. ``first_position + m - 1``, whose tokens are now final."""
 
 
 def token_list(token_ids: Sequence[int]) -> list[int]:
