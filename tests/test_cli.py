@@ -62,7 +62,7 @@ def test_stop_string_cuts_text():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--set", "proposer.name=ngarm"], "unknown proposer 'ngarm' (did you mean 'ngram'?); known proposers: draft_model, layerskip, ngram, none"),
+    (["--set", "proposer.name=ngarm"], "unknown proposer 'ngarm' (did you mean 'ngram'?); known proposers: draft_model, eagle3, layerskip, ngram, none"),
     (["--set", "num_speculative_tokens=0"], "num_speculative_tokens must be an integer from 1 to 64"),
     (["--set", "model=/no/such/dir"], "model '/no/such/dir' not found"),
     (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),

@@ -30,7 +30,7 @@ class EchoPlugin:
 
 def test_builtins_register_through_the_hooks(plugin_manager):
     registry = load_registry(plugin_manager)
-    assert registry.names("proposer") == ["draft_model", "layerskip", "ngram", "none", "suffix"]
+    assert registry.names("proposer") == ["draft_model", "eagle3", "layerskip", "ngram", "none", "suffix"]
     assert registry.names("verifier") == ["greedy", "rejection"]
     entry = registry.get("proposer", "ngram")
     assert entry.plugin == "specplug.proposers.ngram" and entry.plugin in DEFAULT_PLUGINS
@@ -50,7 +50,7 @@ def test_a_plugin_object_adds_a_proposer_with_checked_options(plugin_manager):
 
 def test_unknown_proposer_lists_the_known_ones(plugin_manager):
     with pytest.raises(ConfigError, match="unknown proposer 'ngarm' \\(did you mean 'ngram'\\?\\); "
-                                          "known proposers: draft_model, layerskip, ngram, none, suffix"):
+                                          "known proposers: draft_model, eagle3, layerskip, ngram, none, suffix"):
         load_registry(plugin_manager).get("proposer", "ngarm")
 
 

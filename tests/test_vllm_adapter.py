@@ -146,7 +146,7 @@ def test_config_swap_applies_at_the_next_step(proposer, tmp_path):
 
 
 @pytest.mark.parametrize("config, message", [
-    ({"proposer": {"name": "no_such"}}, "unknown proposer 'no_such'; known proposers: draft_model, layerskip, ngram, none, suffix"),
+    ({"proposer": {"name": "no_such"}}, "unknown proposer 'no_such'; known proposers: draft_model, eagle3, layerskip, ngram, none, suffix"),
     ({"proposer": {"name": "ngram"}, "num_speculative_tokens": 6}, "above the engine's bound (4, vLLM's"),
     ({"proposer": {"name": "ngram", "min_n": 9, "max_n": 2}}, "min_n (9) must not exceed max_n (2)"),
 ])
@@ -161,7 +161,7 @@ def test_a_broken_new_config_is_rejected_and_the_old_proposer_keeps_running(prop
 
 
 @pytest.mark.parametrize("config, message", [
-    ({"proposer": {"name": "no_such"}}, "unknown proposer 'no_such'; known proposers: draft_model, layerskip, ngram, none, suffix"),
+    ({"proposer": {"name": "no_such"}}, "unknown proposer 'no_such'; known proposers: draft_model, eagle3, layerskip, ngram, none, suffix"),
     ({"num_speculative_tokens": 5}, "has num_speculative_tokens 5, above the engine's bound"),
     ({"proposer": {"name": "draft_model", "model": "/nonexistent/draft"}}, "specplug make-draft"),
 ])

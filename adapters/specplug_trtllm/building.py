@@ -17,7 +17,8 @@ from specplug.config import load_config
 from specplug.models.loader import resolve_model
 from specplug_trtllm.drafter import Drafter
 from specplug_trtllm.install import SUPPORTED_VERSIONS, require_tensorrt_llm
-from specplug.hosting.building import EngineShape
+from specplug.hosting.building import EngineShape, native_method
+from specplug.plugins import load_registry
 
 __all__ = ["SUPPORTED_VERSIONS", "build_speculative_config", "engine_shape", "require_tensorrt_llm"]
 
@@ -37,7 +38,13 @@ def build_speculative_config(path: str, model: str, max_batch_size: int = 8,
     """(``UserProvidedDecodingConfig`` with a specplug ``Drafter``, keywords for ``tensorrt_llm.LLM``)."""
     config = load_config(path)
     require_tensorrt_llm()
-    from tensorrt_llm.llmapi import UserProvidedDecodingConfig
+    import tensorrt_llm.llmapi as llmapi
+
+    native = native_method(config, load_registry(), "trtllm_decoding_config")
+    if native is not None:  # one of TensorRT-LLM's own methods (eagle3: Eagle3DecodingConfig with the same head)
+        class_name, keywords = native
+        return getattr(llmapi, class_name)(**keywords), {"max_batch_size": max_batch_size}
+    UserProvidedDecodingConfig = llmapi.UserProvidedDecodingConfig
 
     trt = config.trtllm
     shape = engine_shape(model, config.num_speculative_tokens, max_batch_size, max_seq_len)

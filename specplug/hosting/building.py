@@ -11,6 +11,7 @@ and sampling are the engine's. No strategy may draft more than the engine's boun
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,11 @@ class StrategyBuilder:
                                   shape.max_model_len, self.tokenizer(),
                                   load_target=functools.partial(self.target, config.dtype))
         proposer = self.registry.create("proposer", choice.name, context, options=choice.options)
+        if proposer.feature_layers:
+            raise ConfigError(f"{config.source}: strategy '{name}': proposer '{choice.name}' drafts from the target's "
+                              "features, which this engine's drafter hook does not hand out: serve its head with the "
+                              "engine's own EAGLE-3 method (`python -m specplug_vllm.flags --config <config>` prints "
+                              "vLLM's flags; docs/vllm.md)")
         capabilities = self.registry.get("proposer", choice.name).capabilities
         if getattr(capabilities, "draft_probs", False) and not self.keeps_draft_probs:
             self.warn_probs_dropped(choice.name)
@@ -90,3 +96,11 @@ class StrategyBuilder:
         self.log.warning("specplug: proposer '%s' returns draft probabilities, which this engine's drafter hook "
                          "drops: it verifies the drafts as deterministic (lossless, with lower acceptance when "
                          "sampling)", name)
+
+
+def native_method(config: Config, registry: Registry, hook: str):
+    """What ``config``'s proposer is in an engine's own terms, where its plugin module maps it onto one of that
+    engine's methods (a function ``hook(options, k)``, e.g. ``vllm_speculative_config``); else None."""
+    entry = registry.get("proposer", config.proposer.name)
+    native = getattr(importlib.import_module(entry.factory.__module__), hook, None)
+    return None if native is None else native(config.proposer.options, config.num_speculative_tokens)

@@ -1,0 +1,192 @@
+"""Drafting with an EAGLE-3 head (``models.eagle3``) from the target's own features.
+
+Per row the drafter keeps the target features it was handed (``on_target_features``: the positions
+whose tokens are final) and ``fed``: how many of them its head's KV cache holds as real entries. At each
+step it feeds the new ones in one catch-up forward (entry i: features at i, the token at i + 1), whose
+last output gives the first draft token, then chains: each draft step reads the last step's output as its
+hidden input and the token it drafted. Draft entries lie past ``fed`` and are overwritten by the next
+catch-up, which is the rollback. A row whose features have a gap (its strategy was swapped in mid-way)
+is drafted for no more: lossless, only slower. Greedy rows draft the head's argmax with no probabilities;
+sampled rows sample from the head's distribution under the row's own filters and return it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from specplug.metadata import Draft, DraftRequest
+from specplug.models.eagle3 import Eagle3Head
+from specplug.models.kv_cache import StaticKVCache
+from specplug.models.llama import CompactLlama
+from specplug.proposers.base import Proposer
+from specplug.sampling import make_generator, target_probs
+
+
+@dataclass
+class HeadSlot:
+    """The head's KV-cache slot for one row, and the target features it has not fed yet."""
+
+    seq_id: Hashable
+    slot: int
+    generator: torch.Generator | None = None  # the row's own draws, seeded by its request when first drafted
+    pending: list[torch.Tensor] = field(default_factory=list)  # [m, F] chunks of target features
+    have: int = 0  # positions whose target features were handed over
+    fed: int = 0  # positions the head's cache holds real entries for
+    last_hidden: torch.Tensor | None = None  # [H]: the head input of entry fed - 1 (re-fed if nothing is new)
+    blind: bool = False  # its features have a gap: no more drafts
+
+
+class Eagle3Drafter(Proposer):
+    def __init__(self, name: str, head: Eagle3Head, embed: torch.Tensor, max_rows: int, max_len: int, k: int,
+                 confidence_threshold: float = 0.0):
+        self.name, self.head, self.embed = name, head, embed  # embed: the target's [V, H] embedding
+        self.feature_layers = head.shape.layers
+        self.confidence_threshold = confidence_threshold
+        s = head.shape
+        self.cache = StaticKVCache(1, max_rows, s.kv_heads, max_len + k + 2, s.head_dim, embed.dtype, embed.device)
+        self.max_rows = max_rows
+        self.rows: list[HeadSlot] = []  # rows[i] lives in cache slot i
+        self.by_id: dict[Hashable, HeadSlot] = {}
+
+    # ---- what the host tells it -----------------------------------------------------------------
+    def on_target_features(self, seq_id: Hashable, first_position: int, features: torch.Tensor) -> None:
+        row = self.by_id.get(seq_id) or self._new_row(seq_id)
+        if first_position == 0:  # a new request (or one under a reused id): start over
+            row.pending, row.have, row.fed, row.blind = [], 0, 0, False
+        if first_position != row.have:
+            row.blind = True
+            row.pending = []
+            return
+        row.pending.append(features)
+        row.have += features.shape[0]
+
+    def release(self, seq_id: Hashable) -> None:
+        row = self.by_id.pop(seq_id, None)
+        if row is not None:
+            self.cache.release(self.rows, row)
+
+    # ---- drafting --------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def propose(self, requests: Sequence[DraftRequest]) -> list[Draft]:
+        ready = [(r, self.by_id[r.seq_id]) for r in requests if r.max_draft_tokens > 0 and self._ready(r)]
+        drafts: dict[Hashable, Draft] = {}
+        if ready:
+            requests_, rows = zip(*ready)
+            drafts = self._draft(list(requests_), list(rows))
+        return [drafts.get(r.seq_id, Draft([])) for r in requests]
+
+    def _ready(self, request: DraftRequest) -> bool:
+        row = self.by_id.get(request.seq_id)
+        return row is not None and not row.blind and row.have == len(request.token_ids) - 1
+
+    def _draft(self, requests: list[DraftRequest], rows: list[HeadSlot]) -> dict[Hashable, Draft]:
+        for request, row in zip(requests, rows):
+            if row.generator is None:
+                row.generator = make_generator(request.sampling.seed, self.embed.device)
+        logits, hidden, positions = self._catch_up(requests, rows)
+        tokens: list[list[int]] = [[] for _ in rows]
+        probs: list[list[torch.Tensor]] = [[] for _ in rows]
+        confidence: list[list[float]] = [[] for _ in rows]
+        running = list(range(len(rows)))
+        while running:
+            running = self._choose(requests, rows, logits, running, tokens, probs, confidence)
+            if not running:
+                break
+            chosen = [tokens[i][-1] for i in running]
+            positions = {i: positions[i] + 1 for i in running}
+            step_logits, step_hidden = self._forward([rows[i] for i in running], [[t] for t in chosen],
+                                                     [hidden[i][None] for i in running],
+                                                     [positions[i] for i in running])
+            logits = dict(zip(running, step_logits[:, 0]))
+            hidden = dict(zip(running, step_hidden[:, 0]))
+        return {r.seq_id: Draft(t, torch.stack(p) if p else None, c)
+                for r, t, p, c in zip(requests, tokens, probs, confidence)}
+
+    def _catch_up(self, requests: list[DraftRequest], rows: list[HeadSlot]):
+        """Feed each row's new features (entry i: features at i, token i + 1): per row index, the draft
+        logits and the hidden output of its last real entry, and that entry's position."""
+        chunks, hiddens, starts = [], [], []
+        for request, row in zip(requests, rows):
+            if row.pending:
+                new = self.head.project_features(torch.cat(row.pending))
+                row.pending = []
+            else:  # nothing new since the last draft: feed the last entry again
+                row.fed -= 1
+                new = row.last_hidden[None]
+            row.last_hidden = new[-1]
+            starts.append(row.fed)
+            chunks.append([int(t) for t in request.token_ids[row.fed + 1: row.fed + 1 + new.shape[0]]])
+            hiddens.append(new)
+            row.fed += new.shape[0]
+        logits, hidden = self._forward(rows, chunks, hiddens, starts)
+        last = [len(c) - 1 for c in chunks]
+        index = range(len(rows))
+        return ({i: logits[i, last[i]] for i in index}, {i: hidden[i, last[i]] for i in index},
+                {i: starts[i] + last[i] for i in index})
+
+    def _forward(self, rows: list[HeadSlot], chunks: list[list[int]], hiddens: list[torch.Tensor],
+                 starts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One head step over every live slot, ``rows`` fed ``chunks`` (tokens) with ``hiddens`` [m, H] from
+        positions ``starts`` on, the other slots a dummy entry past their real ones (overwritten later).
+        Returns draft logits [len(rows), T, draft_vocab] and hidden outputs [len(rows), T, H]."""
+        width = max(map(len, chunks))
+        live, s = len(self.rows), self.head.shape
+        ids = torch.zeros((live, width), dtype=torch.long)
+        hidden = torch.zeros((live, width, s.hidden), dtype=self.embed.dtype, device=self.embed.device)
+        start = torch.tensor([self.cache.lengths[i] for i in range(live)])
+        for row, chunk, h, first in zip(rows, chunks, hiddens, starts):
+            ids[row.slot, : len(chunk)] = torch.tensor(chunk, dtype=torch.long)
+            hidden[row.slot, : len(chunk)] = h
+            start[row.slot] = first
+        positions = (start[:, None] + torch.arange(width)).clamp(max=self.cache.max_len - 1).to(self.embed.device)
+        upto = int(positions.max()) + 1
+        q, k, v = self.head.qkv(F.embedding(ids.to(self.embed.device), self.embed), hidden, positions)
+        self.cache.write(0, slice(0, live), positions, k.transpose(1, 2), v.transpose(1, 2))
+        k_all, v_all = self.cache.read(0, slice(0, live), upto)
+        mask = CompactLlama.attention_mask(positions, upto)
+        attended = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, enable_gqa=True)
+        logits, out = self.head.finish(attended, hidden)
+        for row in rows:
+            self.cache.lengths[row.slot] = row.fed  # draft entries past it are overwritten next time
+        slots = [row.slot for row in rows]
+        return logits[slots], out[slots]
+
+    def _choose(self, requests, rows, logits: dict[int, torch.Tensor], running: list[int], tokens, probs,
+                confidence) -> list[int]:
+        """Each running row's next draft token from its draft ``logits`` [draft_vocab]; the rows that go on."""
+        still = []
+        for i in running:
+            request = requests[i]
+            token, q, sure = self._pick(request, rows[i], tokens[i], self.head.full_logits(logits[i]))
+            if tokens[i] and sure < self.confidence_threshold:
+                continue
+            tokens[i].append(token)
+            confidence[i].append(min(1.0, max(0.0, sure)))
+            if q is not None:
+                probs[i].append(q)
+            if len(tokens[i]) < request.max_draft_tokens:
+                still.append(i)
+        return still
+
+    def _pick(self, request: DraftRequest, row: HeadSlot, drafted: list[int], logits: torch.Tensor):
+        """The next draft token after ``drafted`` from the head's ``logits`` [V]: (token, the distribution it
+        was drawn from or None for greedy, the head's probability of it)."""
+        if request.sampling.greedy:
+            token = int(logits.argmax())
+            return token, None, float(logits.softmax(-1)[token])
+        q = target_probs(logits[None, None], [request.sampling])[0, 0]
+        token = int(torch.multinomial(q, 1, generator=row.generator))
+        return token, q, float(q[token])
+
+    def _new_row(self, seq_id: Hashable) -> HeadSlot:
+        if len(self.rows) == self.max_rows:
+            raise RuntimeError(f"proposer '{self.name}' holds {self.max_rows} rows already; rows must be "
+                               "released when they finish")
+        row = HeadSlot(seq_id, len(self.rows))
+        self.rows.append(row)
+        self.by_id[seq_id] = row
+        return row

@@ -1,0 +1,212 @@
+"""The eagle3 proposer on the tiny model: the target's features, their hand-over through the engine, the
+head's cache staying aligned through rollbacks, lossless greedy and sampled output, checkpoints in vLLM's
+layout, training, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from specplug.eagle3_data import FeatureRecorder, Sample
+from specplug.eagle3_train import acceptance, draft_vocabulary, labels, train
+from specplug.engine.engine import Engine, Request
+from specplug.errors import ConfigError
+from specplug.models.eagle3 import Eagle3Head, HeadShape
+from specplug.models.llama import CompactLlama
+from specplug.proposers.eagle3 import Eagle3Options, make_eagle3
+from specplug.proposers.eagle3_drafter import Eagle3Drafter
+from specplug.proposers.none import NoProposer
+from specplug.testing import check_proposer
+from specplug.testing.checks import K, MAX_LEN, VOCAB, check_sampling_follows_the_target, context_for, tiny_model
+from specplug.verifiers.rejection import RejectionSampler
+
+LAYERS = (0, 1, 2)  # the tiny model's 2 layers: the inputs of both and the last layer's output
+
+
+def tiny_head(model: CompactLlama, seed: int = 0, draft_vocab: int = 64) -> Eagle3Head:
+    torch.manual_seed(seed)
+    s = model.shape
+    shape = HeadShape(s.hidden, s.q_heads, s.kv_heads, s.head_dim, 128, s.vocab_size, draft_vocab, LAYERS,
+                      s.norm_eps, 10000.0, 256)
+    d2t = torch.tensor(sorted(random.Random(seed).sample(range(VOCAB), draft_vocab))) - torch.arange(draft_vocab)
+    head = Eagle3Head(shape, d2t)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.mul_(10 if p.dim() == 2 else 1)  # sharp draft distributions: some drafts are accepted
+    return head.to(model.dtype)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(0)
+
+
+@pytest.fixture(scope="module")
+def head_dir(model, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("head")
+    tiny_head(model).save(directory, dtype=torch.float64)
+    return directory
+
+
+def features_of(model: CompactLlama, tokens: list[int], layers=LAYERS) -> torch.Tensor:
+    """[len(tokens), F] the target's features at every position of ``tokens``, from an empty cache."""
+    cache = model.new_cache(1, len(tokens) + 1)
+    positions = torch.arange(len(tokens))[None]
+    _, features = model.forward_features(torch.tensor([tokens]), positions, cache, slice(0, 1), layers)
+    return torch.cat([features[layer][0] for layer in layers], -1)
+
+
+def prompts(count: int, seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(VOCAB) for _ in range(4)] * 3 for _ in range(count)]
+
+
+def run(engine: Engine, requests: list[Request]) -> dict:
+    out: dict = {}
+    for step in engine.run(requests):
+        out.setdefault(step.request_id, []).extend(step.new_token_ids)
+    assert not engine.faults.take()
+    return out
+
+
+def test_features_are_the_residual_stream_entering_each_layer():
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    hf = LlamaForCausalLM(config).eval().double()
+    model = CompactLlama.from_hf(hf, torch.float64, torch.device("cpu"))
+    tokens = prompts(1)[0]
+    with torch.no_grad():
+        reference = hf(torch.tensor([tokens]), output_hidden_states=True).hidden_states
+    ours = features_of(model, tokens).split(64, -1)
+    torch.testing.assert_close(ours[0], reference[0][0])  # layer 0's input: the embeddings
+    torch.testing.assert_close(ours[1], reference[1][0])  # layer 1's input: layer 0's output
+    # HF returns the last one normed (its RMSNorm computes in float32)
+    torch.testing.assert_close(model.rms_norm(ours[2], model.norm), reference[2][0], atol=1e-6, rtol=1e-6)
+
+
+class OracleDrafter(Eagle3Drafter):
+    """Drafts the true greedy continuation with probability 0.6 (else a wrong token), so that drafts are
+    accepted and rejected at every length; snapshots the head's real cache entries at each step."""
+
+    def __init__(self, *args, truth: dict, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.truth, self.rng, self.snapshots = truth, random.Random(1), []
+
+    def propose(self, requests):
+        for request in requests:
+            row = self.by_id.get(request.seq_id)
+            if row is not None and row.fed:
+                self.snapshots.append((request.seq_id, row.fed, self.cache.layer(0)[0][row.slot, :, : row.fed].clone()))
+        return super().propose(requests)
+
+    def _pick(self, request, row, drafted, logits):
+        position = len(request.token_ids) + len(drafted) - request.num_prompt_tokens
+        true = self.truth[request.seq_id][position]
+        token = true if self.rng.random() < 0.6 else (true + 1) % VOCAB
+        return token, None, 1.0
+
+
+def test_the_head_cache_stays_aligned_with_the_target_through_rollbacks(model):
+    requests = [Request(i, p, 30) for i, p in enumerate(prompts(7))]
+    plain = run(Engine(model, None, NoProposer(), RejectionSampler(), K, 3, MAX_LEN), requests)
+    head = tiny_head(model)
+    drafter = OracleDrafter("eagle3", head, model.embed, 3, MAX_LEN, K, truth=plain)
+    engine = Engine(model, None, drafter, RejectionSampler(), K, 3, MAX_LEN)
+    spec = run(engine, requests)
+    assert spec == plain and len(drafter.snapshots) > 20
+    for seq_id, fed, keys in drafter.snapshots:
+        tokens = requests[seq_id].prompt_token_ids + plain[seq_id]
+        hidden = head.project_features(features_of(model, tokens)[:fed])
+        embeds = torch.nn.functional.embedding(torch.tensor([tokens[1: fed + 1]]), model.embed)
+        _, reference, _ = head.qkv(embeds, hidden[None], torch.arange(fed)[None])
+        torch.testing.assert_close(keys, reference[0])
+
+
+def test_oracle_drafts_are_accepted_and_rejected(model):
+    requests = [Request(i, p, 30) for i, p in enumerate(prompts(4))]
+    plain = run(Engine(model, None, NoProposer(), RejectionSampler(), K, 4, MAX_LEN), requests)
+    drafter = OracleDrafter("eagle3", tiny_head(model), model.embed, 4, MAX_LEN, K, truth=plain)
+    engine = Engine(model, None, drafter, RejectionSampler(), K, 4, MAX_LEN)
+    drafted = accepted = 0
+    for step in engine.run(requests):
+        drafted, accepted = drafted + step.num_draft, accepted + step.num_accepted
+    assert 0 < accepted < drafted
+
+
+@pytest.mark.parametrize("rows", [1, 4])
+def test_greedy_output_equals_plain_decoding(model, head_dir, rows):
+    requests = [Request(i, p, 24) for i, p in enumerate(prompts(6))]
+    plain = run(Engine(model, None, NoProposer(), RejectionSampler(), K, rows, MAX_LEN), requests)
+    drafter = make_eagle3(context_for(model, rows), Eagle3Options(head=str(head_dir)))
+    engine = Engine(model, None, drafter, RejectionSampler(), K, rows, MAX_LEN)
+    drafted = 0
+    out: dict = {}
+    for step in engine.run(requests):
+        out.setdefault(step.request_id, []).extend(step.new_token_ids)
+        drafted += step.num_draft
+    assert out == plain and drafted > 0
+
+
+def test_eagle3_passes_the_conformance_kit(head_dir):
+    check_proposer("eagle3", {"head": str(head_dir)}, real_model=None)
+
+
+def test_sampled_tokens_follow_the_target(model, head_dir):
+    factory = lambda context: make_eagle3(context, Eagle3Options(head=str(head_dir)))  # noqa: E731
+    check_sampling_follows_the_target(factory, model, seed=3, rows=200, batches=5)
+
+
+def test_a_checkpoint_is_in_vllms_eagle3_layout_and_loads_back(model, tmp_path):
+    from safetensors.torch import load_file
+
+    head = tiny_head(model, seed=5)
+    head.save(tmp_path, dtype=torch.float32, training={"tokens": 1})
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLMEagle3"] and config["draft_vocab_size"] == 64
+    assert config["eagle_config"]["eagle_aux_hidden_state_layer_ids"] == list(LAYERS)
+    tensors = load_file(str(tmp_path / "model.safetensors"))
+    assert {"fc.weight", "midlayer.self_attn.q_proj.weight", "midlayer.hidden_norm.weight", "lm_head.weight",
+            "d2t", "t2d"} <= set(tensors)
+    assert tensors["midlayer.self_attn.q_proj.weight"].shape == (head.shape.q_heads * head.shape.head_dim, 128)
+    assert torch.equal(tensors["t2d"].nonzero()[:, 0], head.target_ids)  # t2d marks exactly the draft tokens
+    loaded = Eagle3Head.load(tmp_path, torch.float64, torch.device("cpu"))
+    for name in Eagle3Head.MATRICES:
+        torch.testing.assert_close(getattr(loaded, name), getattr(head, name).float().double())
+
+
+def test_errors_name_the_problem_and_the_fix(model, tmp_path, head_dir):
+    with pytest.raises(ConfigError, match="make-eagle3"):
+        make_eagle3(context_for(model), Eagle3Options(head=str(tmp_path / "missing")))
+    other = tiny_model(1)
+    other.shape = type(other.shape)(**{**vars(other.shape), "hidden": 32})
+    with pytest.raises(ConfigError, match="train a head for it"):
+        make_eagle3(context_for(other), Eagle3Options(head=str(head_dir)))
+    with pytest.raises(ConfigError, match="vLLM"):
+        make_eagle3(context_for(None), Eagle3Options(head=str(head_dir)))
+
+
+def test_training_lowers_the_loss_and_labels_only_answer_tokens(model, tmp_path):
+    recorder = FeatureRecorder(LAYERS)
+    engine = Engine(model, None, recorder, RejectionSampler(), 1, 8, MAX_LEN)
+    requests = [Request(i, p, 24) for i, p in enumerate(prompts(16, seed=2))]
+    samples = {}
+    for step in engine.run(requests):
+        if step.finish_reason:
+            samples[step.request_id] = Sample(list(step.row.token_ids), 12, recorder.take(step.row.seq_id))
+    samples = [samples[i] for i in range(16)]
+    first = samples[0]
+    torch.testing.assert_close(first.features, features_of(model, first.token_ids)[:-1].to(first.features.dtype))
+    head = tiny_head(model, draft_vocab=VOCAB)
+    target = labels(head, [first], 2, len(first.token_ids))
+    assert (target[0, 0, : 12 - 2] == -2).all() and (target[0, 0, 12 - 2: len(first.token_ids) - 2] >= 0).all()
+    assert (target[0, 0, len(first.token_ids) - 2:] == -2).all()  # nothing to predict past the end
+    head = Eagle3Head(head.shape, draft_vocabulary(samples, VOCAB, VOCAB)).double()
+    before = acceptance(head, model.embed, samples, 2)
+    result = train(head, model.embed, samples, 40, 2, tmp_path / "ck.pt", tokens_per_batch=512, learning_rate=1e-2)
+    assert result["final_loss"] < 1.8 * 4.56 / 2  # half of uniform guessing over 96 tokens (ln 96 a step)
+    assert acceptance(head, model.embed, samples, 2)[0] > before[0] + 0.2  # (on the samples it learnt)
