@@ -9,12 +9,15 @@ import random
 
 import pytest
 import torch
+import yaml
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from specplug.config import load_config
 from specplug.eagle3_data import FeatureRecorder, Sample
 from specplug.eagle3_train import acceptance, draft_vocabulary, labels, train
 from specplug.engine.engine import Engine, Request
 from specplug.errors import ConfigError
+from specplug.metadata import DraftRequest
 from specplug.models.eagle3 import Eagle3Head, HeadShape
 from specplug.models.llama import CompactLlama
 from specplug.proposers.eagle3 import Eagle3Options, make_eagle3
@@ -104,7 +107,7 @@ class OracleDrafter(Eagle3Drafter):
                 self.snapshots.append((request.seq_id, row.fed, self.cache.layer(0)[0][row.slot, :, : row.fed].clone()))
         return super().propose(requests)
 
-    def _pick(self, request, row, drafted, logits):
+    def _pick(self, request, row, drafted, logits):  # noqa: ARG002 - the head's logits are ignored
         position = len(request.token_ids) + len(drafted) - request.num_prompt_tokens
         true = self.truth[request.seq_id][position]
         token = true if self.rng.random() < 0.6 else (true + 1) % VOCAB
@@ -210,3 +213,54 @@ def test_training_lowers_the_loss_and_labels_only_answer_tokens(model, tmp_path)
     result = train(head, model.embed, samples, 40, 2, tmp_path / "ck.pt", tokens_per_batch=512, learning_rate=1e-2)
     assert result["final_loss"] < 1.8 * 4.56 / 2  # half of uniform guessing over 96 tokens (ln 96 a step)
     assert acceptance(head, model.embed, samples, 2)[0] > before[0] + 0.2  # (on the samples it learnt)
+
+
+def test_a_row_whose_features_have_a_gap_gets_no_drafts(model):
+    """A strategy swapped in mid-request never saw the row's earlier features: drafting for it stays off."""
+    drafter = Eagle3Drafter("eagle3", tiny_head(model), model.embed, 2, MAX_LEN, K)
+    tokens = prompts(1)[0]
+    features = features_of(model, tokens)
+    drafter.on_target_features("late", 5, features[5:-1])
+    drafter.on_target_features("whole", 0, features[:-1])
+    requests = [DraftRequest(seq_id, tokens, 4, K) for seq_id in ("late", "whole")]
+    late, whole = drafter.propose(requests)
+    assert late.token_ids == [] and len(whole.token_ids) == K
+    drafter.release("late")
+    drafter.release("whole")
+    assert drafter.rows == [] and drafter.cache.lengths == [0, 0]
+
+
+def test_vllm_flags_name_vllms_own_eagle3_method_for_an_eagle3_config(head_dir, tmp_path, capsys):
+    from specplug_vllm.flags import main, speculative_config
+
+    eagle = tmp_path / "eagle3.yaml"
+    eagle.write_text(yaml.safe_dump({"proposer": {"name": "eagle3", "head": str(head_dir)}, "num_speculative_tokens": 3}))
+    assert speculative_config(load_config(eagle)) == {"method": "eagle3", "model": str(head_dir),
+                                                      "num_speculative_tokens": 3}
+    ngram = tmp_path / "ngram.yaml"
+    ngram.write_text(yaml.safe_dump({"proposer": {"name": "ngram"}, "num_speculative_tokens": 2}))
+    assert main(["--config", str(ngram)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"SPECPLUG_CONFIG={ngram} vllm serve MODEL --speculative-config")
+    assert '"method": "custom_class"' in printed and '"num_speculative_tokens": 2' in printed
+
+
+# ---- the head that ships for the default model -----------------------------------------------------
+def test_the_shipped_head_decodes_the_real_model_exactly_as_plain_greedy():
+    from specplug.testing import make_factory
+    from specplug.testing.real_model import check_greedy_on_the_real_model
+
+    check_greedy_on_the_real_model(make_factory("eagle3"), "smollm2-135m")  # 4 rows, a near tie excused
+
+
+def test_a_host_that_cannot_hand_out_features_refuses_eagle3_in_one_line(tmp_path):
+    from specplug.hosting.building import EngineShape, StrategyBuilder
+    from specplug.models.loader import resolve_model
+    from specplug.plugins import load_registry
+
+    model_dir = str(resolve_model("smollm2-135m"))
+    builder = StrategyBuilder(EngineShape(3, 49152, 4, 512, model_dir, model_dir, "cpu"), load_registry())
+    path = tmp_path / "eagle3.yaml"
+    path.write_text(yaml.safe_dump({"proposer": {"name": "eagle3"}, "num_speculative_tokens": 3}))
+    with pytest.raises(ConfigError, match="does not hand out: serve its head with the engine's own EAGLE-3 method"):
+        builder.table(load_config(path))

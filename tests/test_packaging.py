@@ -59,6 +59,8 @@ def test_the_wheel_holds_the_packages_and_their_entry_points(wheel):
     for package in PACKAGES:
         assert f"{package}/__init__.py" in names
     assert "specplug/api.py" in names and "specplug_vllm/plugin.py" in names
+    assert {"specplug/heads/smollm2-135m-eagle3/config.json",
+            "specplug/heads/smollm2-135m-eagle3/model.safetensors"} <= set(names)  # the shipped EAGLE-3 head
     assert not any(name.startswith(("tests/", "benchmarks/", "docs/")) for name in names)
     for line in ("specplug = specplug.cli:main", "specplug = specplug.pytest_plugin",
                  "specplug = specplug_vllm.plugin:register"):
@@ -82,4 +84,9 @@ def test_the_installed_wheel_imports_and_registers_its_plugins(installed, tmp_pa
     plugins = run_in(installed, "-m", "specplug.cli", "plugins", "--json", cwd=tmp_path)
     assert plugins.returncode == 0, plugins.stderr
     names = {(row["kind"], row["name"]) for row in json.loads(plugins.stdout)}
-    assert {("proposer", "ngram"), ("proposer", "suffix"), ("proposer", "none"), ("verifier", "greedy")} <= names
+    assert {("proposer", "ngram"), ("proposer", "suffix"), ("proposer", "none"), ("proposer", "eagle3"),
+            ("verifier", "greedy")} <= names
+    head = run_in(installed, "-c", "from specplug.proposers.eagle3 import head_directory, shipped_heads\n"
+                  "print(shipped_heads(), head_directory('smollm2-135m-eagle3'))", cwd=tmp_path)
+    assert head.returncode == 0, head.stderr
+    assert head.stdout.startswith("['smollm2-135m-eagle3'] " + str(installed.parents[1]))  # found in the wheel

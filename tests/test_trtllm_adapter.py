@@ -101,12 +101,24 @@ class UserProvidedDecodingConfig:
         self.max_draft_len, self.drafter, self.resource_manager = max_draft_len, drafter, resource_manager
 
 
+class Eagle3DecodingConfig:
+    """tensorrt_llm/llmapi/llm_args.py (1.2): an EagleDecodingConfig whose fields include ``max_draft_len``,
+    ``speculative_model``, ``eagle3_one_model`` and ``eagle3_layers_to_capture`` (a set of layer ids)."""
+
+    FIELDS = {"max_draft_len", "speculative_model", "eagle3_one_model", "eagle3_layers_to_capture"}
+
+    def __init__(self, **kwargs):
+        assert set(kwargs) <= self.FIELDS, f"unknown Eagle3DecodingConfig fields {set(kwargs) - self.FIELDS}"
+        self.kwargs = kwargs
+
+
 def install_stand_ins(monkeypatch, drafter_class) -> None:
     names = ["tensorrt_llm", "tensorrt_llm._torch", "tensorrt_llm._torch.speculative",
              "tensorrt_llm._torch.speculative.drafter", "tensorrt_llm.llmapi"]
     modules = {name: types.ModuleType(name) for name in names}
     modules["tensorrt_llm._torch.speculative.drafter"].Drafter = drafter_class
     modules["tensorrt_llm.llmapi"].UserProvidedDecodingConfig = UserProvidedDecodingConfig
+    modules["tensorrt_llm.llmapi"].Eagle3DecodingConfig = Eagle3DecodingConfig
     for name, module in modules.items():
         monkeypatch.setitem(sys.modules, name, module)
 
@@ -390,3 +402,17 @@ def test_real_tensorrt_llm_greedy_output_is_unchanged(tmp_path):
     spec = [o.outputs[0].token_ids for o in LLM(model=MODEL, speculative_config=speculative, **kwargs)
             .generate(prompts, params)]
     assert spec == plain
+
+
+def test_an_eagle3_config_becomes_tensorrt_llms_own_eagle3_method_with_the_same_head(trt12, tmp_path):
+    from specplug.models.eagle3 import Eagle3Head, HeadShape
+
+    shape = HeadShape(64, 4, 2, 16, 128, 96, 32, (2, 15, 27), 1e-5, 10000.0, 256)
+    Eagle3Head(shape, torch.zeros(32, dtype=torch.long)).save(tmp_path / "head")
+    path = write_config(tmp_path / "c.yaml", proposer={"name": "eagle3", "head": str(tmp_path / "head")},
+                        num_speculative_tokens=3)
+    speculative, kwargs = specplug_trtllm.building.build_speculative_config(path, MODEL, max_batch_size=4)
+    assert isinstance(speculative, Eagle3DecodingConfig)
+    assert speculative.kwargs == {"max_draft_len": 3, "speculative_model": str(tmp_path / "head"),
+                                  "eagle3_one_model": True, "eagle3_layers_to_capture": {1, 14, 26}}
+    assert kwargs == {"max_batch_size": 4}

@@ -50,9 +50,10 @@ class HeadShape:
         """A head as wide as the target (an HF Llama config), reading vLLM's default layers."""
         n = config.num_hidden_layers
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        theta = getattr(config, "rope_theta", None) or (getattr(config, "rope_parameters", None) or {}).get("rope_theta")
         return cls(config.hidden_size, config.num_attention_heads, config.num_key_value_heads, head_dim,
                    config.intermediate_size, config.vocab_size, draft_vocab_size,
-                   tuple(layers or (2, n // 2, n - 3)), config.rms_norm_eps, float(getattr(config, "rope_theta", 10000.0)),
+                   tuple(layers or (2, n // 2, n - 3)), config.rms_norm_eps, float(theta or 10000.0),
                    config.max_position_embeddings)
 
 
@@ -84,14 +85,10 @@ class Eagle3Head(nn.Module):
         for name in self.NORMS:
             self.register_parameter(name, nn.Parameter(torch.ones(shape.hidden)))
         self.register_buffer("d2t", d2t.long())  # [draft_vocab]: draft id d is target token d + d2t[d]
+        self.register_buffer("target_ids", torch.arange(shape.draft_vocab_size) + self.d2t, persistent=False)  # [draft_vocab]
         inv_freq = 1.0 / shape.rope_theta ** (torch.arange(0, shape.head_dim, 2).float() / shape.head_dim)
         angles = torch.arange(shape.max_positions).float()[:, None] * inv_freq[None]
         self.register_buffer("rope", torch.stack((angles.cos(), angles.sin()), -1), persistent=False)
-
-    @property
-    def target_ids(self) -> torch.Tensor:
-        """[draft_vocab] the target token of each draft id."""
-        return torch.arange(self.shape.draft_vocab_size, device=self.d2t.device) + self.d2t
 
     def project_features(self, features: torch.Tensor) -> torch.Tensor:
         """Target features [..., len(layers) * hidden] -> the head's hidden input [..., hidden]."""

@@ -161,7 +161,7 @@ class Eagle3Drafter(Proposer):
         still = []
         for i in running:
             request = requests[i]
-            token, q, sure = self._pick(request, rows[i], tokens[i], self.head.full_logits(logits[i]))
+            token, q, sure = self._pick(request, rows[i], tokens[i], logits[i])
             if tokens[i] and sure < self.confidence_threshold:
                 continue
             tokens[i].append(token)
@@ -173,12 +173,12 @@ class Eagle3Drafter(Proposer):
         return still
 
     def _pick(self, request: DraftRequest, row: HeadSlot, drafted: list[int], logits: torch.Tensor):
-        """The next draft token after ``drafted`` from the head's ``logits`` [V]: (token, the distribution it
-        was drawn from or None for greedy, the head's probability of it)."""
+        """The next draft token after ``drafted`` from the head's draft ``logits`` [draft_vocab]: (target token,
+        the distribution [V] it was drawn from or None for greedy, the head's probability of it)."""
         if request.sampling.greedy:
-            token = int(logits.argmax())
-            return token, None, float(logits.softmax(-1)[token])
-        q = target_probs(logits[None, None], [request.sampling])[0, 0]
+            best = int(logits.argmax())
+            return int(self.head.target_ids[best]), None, float(logits.softmax(-1)[best])
+        q = target_probs(self.head.full_logits(logits)[None, None], [request.sampling])[0, 0]
         token = int(torch.multinomial(q, 1, generator=row.generator))
         return token, q, float(q[token])
 
