@@ -12,6 +12,7 @@ from specplug.proposers.base import Proposer
 from specplug.models.loader import DEFAULT_MODEL, resolve_model
 from specplug.plugins import load_registry
 from specplug.testing import VOCAB, check_greedy_on_the_real_model, check_proposer, make_factory, tiny_model
+from specplug.testing.checks import tiny_eagle3_head
 
 
 def built_in_proposers() -> list[str]:
@@ -45,12 +46,23 @@ def draft_model_options(tmp_path_factory):
     return {"model": str(path)}, {"model": str(real)}
 
 
+@pytest.fixture(scope="module")
+def eagle3_options(tmp_path_factory):
+    """eagle3 on the tiny target: a random head for it; on the real model: the shipped head (its default)."""
+    path = tmp_path_factory.mktemp("tiny-head")
+    tiny_eagle3_head(tiny_model(0)).save(path, dtype=torch.float64)
+    return {"head": str(path)}, {}
+
+
+MODEL_OPTIONS = {"draft_model": "draft_model_options", "eagle3": "eagle3_options"}  # options from a fixture
+
+
 @pytest.mark.parametrize("name", built_in_proposers())
 def test_the_kit_passes_on_every_built_in(name, request):
     """A new built-in proposer is checked here with its defaults, with nothing to add."""
     options = real_options = TINY_OPTIONS.get(name, {})
-    if name == "draft_model":
-        options, real_options = request.getfixturevalue("draft_model_options")
+    if name in MODEL_OPTIONS:
+        options, real_options = request.getfixturevalue(MODEL_OPTIONS[name])
     check_proposer(name, options, real_options=real_options)
 
 

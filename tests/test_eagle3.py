@@ -1,5 +1,6 @@
 """The eagle3 proposer on the tiny model: the target's features, their hand-over through the engine, the
-head's cache staying aligned through rollbacks, lossless greedy and sampled output, checkpoints in vLLM's
+head's cache staying aligned through rollbacks, lossless greedy and sampled output (the conformance kit runs
+eagle3 in test_conformance.py, the shipped head on the real model too), checkpoints in vLLM's
 layout, training, and one-line errors."""
 
 from __future__ import annotations
@@ -17,30 +18,18 @@ from specplug.eagle3_data import FeatureRecorder, Sample
 from specplug.eagle3_train import acceptance, draft_vocabulary, labels, train
 from specplug.engine.engine import Engine, Request
 from specplug.errors import ConfigError
-from specplug.metadata import DraftRequest
-from specplug.models.eagle3 import Eagle3Head, HeadShape
+from specplug.metadata import Draft, DraftRequest
+from specplug.models.eagle3 import Eagle3Head
 from specplug.models.llama import CompactLlama
 from specplug.proposers.eagle3 import Eagle3Options, make_eagle3
 from specplug.proposers.eagle3_drafter import Eagle3Drafter
 from specplug.proposers.none import NoProposer
-from specplug.testing import check_proposer
-from specplug.testing.checks import K, MAX_LEN, VOCAB, check_sampling_follows_the_target, context_for, tiny_model
+from specplug.testing.checks import (K, MAX_LEN, TINY_HEAD_LAYERS, VOCAB, check_sampling_follows_the_target,
+                                     context_for, tiny_model)
+from specplug.testing.checks import tiny_eagle3_head as tiny_head
 from specplug.verifiers.rejection import RejectionSampler
 
-LAYERS = (0, 1, 2)  # the tiny model's 2 layers: the inputs of both and the last layer's output
-
-
-def tiny_head(model: CompactLlama, seed: int = 0, draft_vocab: int = 64) -> Eagle3Head:
-    torch.manual_seed(seed)
-    s = model.shape
-    shape = HeadShape(s.hidden, s.q_heads, s.kv_heads, s.head_dim, 128, s.vocab_size, draft_vocab, LAYERS,
-                      s.norm_eps, 10000.0, 256)
-    d2t = torch.tensor(sorted(random.Random(seed).sample(range(VOCAB), draft_vocab))) - torch.arange(draft_vocab)
-    head = Eagle3Head(shape, d2t)
-    with torch.no_grad():
-        for p in head.parameters():
-            p.mul_(10 if p.dim() == 2 else 1)  # sharp draft distributions: some drafts are accepted
-    return head.to(model.dtype)
+LAYERS = TINY_HEAD_LAYERS
 
 
 @pytest.fixture(scope="module")
@@ -155,10 +144,6 @@ def test_greedy_output_equals_plain_decoding(model, head_dir, rows):
     assert out == plain and drafted > 0
 
 
-def test_eagle3_passes_the_conformance_kit(head_dir):
-    check_proposer("eagle3", {"head": str(head_dir)}, real_model=None)
-
-
 def test_sampled_tokens_follow_the_target(model, head_dir):
     factory = lambda context: make_eagle3(context, Eagle3Options(head=str(head_dir)))  # noqa: E731
     check_sampling_follows_the_target(factory, model, seed=3, rows=200, batches=5)
@@ -245,14 +230,7 @@ def test_vllm_flags_name_vllms_own_eagle3_method_for_an_eagle3_config(head_dir, 
     assert '"method": "custom_class"' in printed and '"num_speculative_tokens": 2' in printed
 
 
-# ---- the head that ships for the default model -----------------------------------------------------
-def test_the_shipped_head_decodes_the_real_model_exactly_as_plain_greedy():
-    from specplug.testing import make_factory
-    from specplug.testing.real_model import check_greedy_on_the_real_model
-
-    check_greedy_on_the_real_model(make_factory("eagle3"), "smollm2-135m")  # 4 rows, a near tie excused
-
-
+# ---- the head that ships for the default model (the conformance kit runs it on the real model) -------
 def test_a_host_that_cannot_hand_out_features_refuses_eagle3_in_one_line(tmp_path):
     from specplug.hosting.building import EngineShape, StrategyBuilder
     from specplug.models.loader import resolve_model
@@ -264,3 +242,21 @@ def test_a_host_that_cannot_hand_out_features_refuses_eagle3_in_one_line(tmp_pat
     path.write_text(yaml.safe_dump({"proposer": {"name": "eagle3"}, "num_speculative_tokens": 3}))
     with pytest.raises(ConfigError, match="does not hand out: serve its head with the engine's own EAGLE-3 method"):
         builder.table(load_config(path))
+
+
+def test_a_proposer_that_does_not_derive_from_proposer_still_runs(model):
+    """A proposer written to the protocol without the base class has no ``feature_layers``: the feature
+    hand-over asks nothing more of it."""
+    class Duck:
+        def propose(self, requests):
+            return [Draft([1]) for _ in requests]
+
+        def on_verified(self, outcomes):
+            pass
+
+        def release(self, seq_id):
+            pass
+
+    requests = [Request(i, p, 12) for i, p in enumerate(prompts(3))]
+    plain = run(Engine(model, None, NoProposer(), RejectionSampler(), K, 3, MAX_LEN), requests)
+    assert run(Engine(model, None, Duck(), RejectionSampler(), K, 3, MAX_LEN), requests) == plain

@@ -95,7 +95,7 @@ def test_model_drafter_padded_steps_equal_exact_steps(tiny_model, expected):
         results[padded], _ = run_engine(tiny_model, drafter, padded, batch=3, k=4, verifier=verifier)
         assert len(verifier.accepted_lengths) >= 2  # drafts both accepted and rejected
         # whole-prompt catch-ups ran outside the buckets and left no buffers behind
-        assert all(width in drafter.runner.widths for _, width, _ in drafter.runner.static)
+        assert all(width in drafter.runner.widths for _, width, _, _ in drafter.runner.static)
     assert results[False] == results[True] == expected
 
 

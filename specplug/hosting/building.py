@@ -25,6 +25,7 @@ from specplug.hosting.strategy import Strategy, StrategyTable, build_table
 from specplug.metadata import ProposerContext
 from specplug.models.llama import CompactLlama
 from specplug.models.loader import load_compact_model, load_tokenizer, parse_dtype
+from specplug.proposers.base import feature_layers_of
 from specplug.registry import Registry
 
 logger = logging.getLogger("specplug.hosting")
@@ -67,7 +68,7 @@ class StrategyBuilder:
                                   shape.max_model_len, self.tokenizer(),
                                   load_target=functools.partial(self.target, config.dtype))
         proposer = self.registry.create("proposer", choice.name, context, options=choice.options)
-        if proposer.feature_layers:
+        if feature_layers_of(proposer):
             raise ConfigError(f"{config.source}: strategy '{name}': proposer '{choice.name}' drafts from the target's "
                               "features, which this engine's drafter hook does not hand out: serve its head with the "
                               "engine's own EAGLE-3 method (`python -m specplug_vllm.flags --config <config>` prints "

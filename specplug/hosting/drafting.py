@@ -17,7 +17,7 @@ from specplug.hosting.faults import PluginFaults
 from specplug.hosting.rows import Row
 from specplug.hosting.strategy import Strategy
 from specplug.metadata import Draft, DraftRequest, VerifyOutcome
-from specplug.proposers.base import check_drafts
+from specplug.proposers.base import check_drafts, feature_layers_of
 
 
 def group_by_strategy(rows: Sequence[Row]) -> dict[Strategy, list[int]]:
@@ -120,14 +120,15 @@ class Drafting:
 
     def feature_layers(self, rows: Sequence[Row]) -> tuple[int, ...]:
         """The target layers whose features some proposer of ``rows`` drafts from (sorted; () for none)."""
-        return tuple(sorted({layer for strategy in group_by_strategy(rows) for layer in strategy.proposer.feature_layers}))
+        groups = group_by_strategy(rows)
+        return tuple(sorted({layer for strategy in groups for layer in feature_layers_of(strategy.proposer)}))
 
     def features(self, rows: Sequence[Row], first_positions: Sequence[int], counts: Sequence[int],
                  features: dict[int, torch.Tensor]) -> None:
         """Hand each row's proposer the target's ``features`` ({layer: [B, T, hidden]}, row i in batch row i)
         at its ``counts[i]`` positions from ``first_positions[i]`` on, the layers it asked for concatenated."""
         for strategy, idx in group_by_strategy(rows).items():
-            layers = strategy.proposer.feature_layers
+            layers = feature_layers_of(strategy.proposer)
             if not layers:
                 continue
             try:

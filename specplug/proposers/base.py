@@ -49,6 +49,12 @@ def extends(seen: Sequence[int], token_ids: Sequence[int]) -> bool:
     return len(token_ids) >= len(seen) and (not seen or int(token_ids[len(seen) - 1]) == seen[-1])
 
 
+def feature_layers_of(proposer: Proposer) -> tuple[int, ...]:
+    """The target layers ``proposer`` drafts from (() for none, and for a proposer that does not derive from
+    ``Proposer``: a plugin's factory may return any object with ``propose``)."""
+    return tuple(getattr(proposer, "feature_layers", ()))
+
+
 def proposer_name(proposer: Proposer) -> str:
     """The name a proposer goes by in messages: its ``name``, else its class's."""
     return getattr(proposer, "name", type(proposer).__name__)

@@ -32,6 +32,25 @@ def tiny_model(seed: int = 0) -> CompactLlama:
     return CompactLlama.from_hf(LlamaForCausalLM(config).eval(), torch.float64, torch.device("cpu"))
 
 
+TINY_HEAD_LAYERS = (0, 1, 2)  # the tiny model's 2 layers: the inputs of both and the last layer's output
+
+
+def tiny_eagle3_head(model: CompactLlama, seed: int = 0, draft_vocab: int = 64):
+    """A random EAGLE-3 head for the tiny model, sharp enough that some of its drafts are accepted."""
+    from specplug.models.eagle3 import Eagle3Head, HeadShape
+
+    torch.manual_seed(seed)
+    s = model.shape
+    shape = HeadShape(s.hidden, s.q_heads, s.kv_heads, s.head_dim, 128, s.vocab_size, draft_vocab, TINY_HEAD_LAYERS,
+                      s.norm_eps, 10000.0, 256)
+    d2t = torch.tensor(sorted(random.Random(seed).sample(range(VOCAB), draft_vocab))) - torch.arange(draft_vocab)
+    head = Eagle3Head(shape, d2t)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.mul_(10 if p.dim() == 2 else 1)
+    return head.to(model.dtype)
+
+
 def context_for(model: CompactLlama | None = None, rows: int = ROWS) -> ProposerContext:
     return ProposerContext(K, VOCAB, torch.device("cpu"), rows, MAX_LEN, None, model)
 
