@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from specplug.errors import ConfigError
+from specplug.models.llama import rms_norm
 
 ARCHITECTURE = "LlamaForCausalLMEagle3"
 
@@ -55,11 +56,6 @@ class HeadShape:
                    config.intermediate_size, config.vocab_size, draft_vocab_size,
                    tuple(layers or (2, n // 2, n - 3)), config.rms_norm_eps, float(theta or 10000.0),
                    config.max_position_embeddings)
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    x32 = x.float()
-    return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
 class Eagle3Head(nn.Module):

@@ -103,6 +103,12 @@ def check_supported(config) -> None:
         )
 
 
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm of ``x`` [..., hidden], computed in float32, returned in x's dtype times ``weight``."""
+    x32 = x.float()
+    return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
 def _pair_order(heads: int, head_dim: int) -> torch.Tensor:
     """Row order that turns HF's rotate-half layout into interleaved (real, imag) pairs, per head."""
     half = head_dim // 2
@@ -182,9 +188,7 @@ class CompactLlama(nn.Module):
         return StaticKVCache(s.num_layers, slots, s.kv_heads, max_len, s.head_dim, self.dtype, self.device)
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.shape.norm_eps)
-        return weight * x32.to(x.dtype)
+        return rms_norm(x, weight, self.shape.norm_eps)
 
     def apply_rope(self, qk: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """qk [B, T, heads, head_dim] in pair order -> rotated, same shape and dtype."""
