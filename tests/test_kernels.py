@@ -206,3 +206,18 @@ def test_relaid_weights_give_the_same_logits(tiny_hf, dtype):
         x = torch.randn(6, rows[0].shape[1], dtype=dtype)
         torch.testing.assert_close(model.linear(x, model.blocks[0].qkv), F.linear(x, rows[0]), **FP32)
     assert all(torch.equal(a, b) for a, b in zip(model.layer_matrices(), rows))  # no re-layout changes a weight
+
+
+def test_compiled_forward_runs_onednn_s_packed_weights(tiny_hf, monkeypatch, tmp_path):
+    """inductor cannot lower oneDNN's packed weights (measured: a LoweringException at the first verify
+    pass of compile: on with a plan that packs); the compiled forward calls them as an opaque op."""
+    from specplug.models.llama import CompactLlama
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    model = CompactLlama.from_hf(tiny_hf, torch.float32, CPU)
+    model.use_kernels(KernelPlan.uniform("onednn", "forced"))
+    ids, positions = torch.tensor([[5, 17, 3, 99]]), torch.arange(4)[None]
+    with torch.inference_mode():
+        eager = model(ids, positions, model.new_cache(1, 8), slice(0, 1))
+        compiled = torch.compile(model.forward)(ids, positions, model.new_cache(1, 8), slice(0, 1))
+    torch.testing.assert_close(compiled, eager, **FP32)

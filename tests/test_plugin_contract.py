@@ -121,15 +121,15 @@ def test_a_factory_that_returns_no_proposer_is_named(plugin_manager):
 
 def test_a_plugin_for_another_interface_version_is_skipped(plugin_manager):
     class Future:
-        specplug_api_version = 3
+        specplug_api_version = 4
 
         @hookimpl
         def register_proposers(self, register):
             register.proposer("future", lambda context: Fixed(1))
 
     plugin_manager.register(Future(), name="future-plugin")
-    with pytest.warns(UserWarning, match="plugin 'future-plugin' is built for specplug plugin API 3; this "
-                                         "specplug speaks 2: it is skipped"):
+    with pytest.warns(UserWarning, match="plugin 'future-plugin' is built for specplug plugin API 4; this "
+                                         "specplug speaks 3: it is skipped"):
         registry = load_registry(plugin_manager)
     assert "future" not in registry.names("proposer")
 
@@ -266,7 +266,7 @@ def test_the_faces_name_no_proposer(module):
 
 def test_a_plugin_for_an_older_interface_that_this_one_contains_still_loads(plugin_manager):
     class Older:
-        specplug_api_version = 1  # version 2 only added to it
+        specplug_api_version = 1  # versions 2 and 3 only added to it
 
         @hookimpl
         def register_proposers(self, register):

@@ -56,7 +56,21 @@ def _wt_x(x: torch.Tensor, wt: torch.Tensor) -> torch.Tensor:
 
 
 def _onednn(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+    if torch.compiler.is_compiling():
+        return _opaque_onednn(x, packed)
     return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+
+
+@torch.library.custom_op("specplug::onednn_linear", mutates_args=())
+def _opaque_onednn(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+    """oneDNN's prepacked linear as an op inductor calls as it is (it cannot lower packed weights);
+    eager calls skip this wrapper, which costs a dispatch."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+
+
+@_opaque_onednn.register_fake
+def _(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(x.shape[0], packed.shape[0])
 
 
 FORMULATIONS: dict[str, tuple[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]] = {

@@ -36,6 +36,7 @@ class StaticKVCache(nn.Module):
             self.register_buffer(f"v{layer}", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.num_layers, self.slots, self.max_len = num_layers, slots, max_len
         self.lengths = [0] * slots  # [slots] valid positions per row
+        self.register_buffer("row_index", torch.arange(slots, device=device)[:, None], persistent=False)  # [slots, 1]
 
     def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return getattr(self, f"k{index}"), getattr(self, f"v{index}")
@@ -45,7 +46,7 @@ class StaticKVCache(nn.Module):
     ) -> None:
         """Store k, v [B, T, kv_heads, head_dim] of ``rows`` at ``positions`` [B, T]."""
         k_cache, v_cache = self.layer(index)
-        batch = torch.arange(positions.shape[0], device=positions.device)[:, None]
+        batch = self.row_index[: positions.shape[0]]
         k_cache[rows][batch, :, positions] = k
         v_cache[rows][batch, :, positions] = v
 

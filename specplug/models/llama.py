@@ -1,10 +1,10 @@
 """A compact Llama-family forward for the embedded engine (after gpt-fast).
 
 Weights are fused where the math allows (Q/K/V in one matrix, gate/up in one), RoPE is applied to
-Q and K together as one rotation of interleaved pairs in real arithmetic (their rows are permuted to
-pairs at load time, which leaves attention scores unchanged; real, not complex, so that torch.compile
-fuses it), attention reads the static GQA cache through SDPA with
-``enable_gqa=True``, and logits are computed only at the positions asked for.
+Q and K together as one rotation of interleaved pairs (their rows are permuted to pairs at load
+time, which leaves attention scores unchanged), looked up once per forward, attention reads the static GQA cache through SDPA with ``enable_gqa=True``, and logits are
+computed only at the positions asked for. Eager mode pays per operation, so each layer runs as few
+as the math allows (measured in docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -105,8 +105,9 @@ def check_supported(config) -> None:
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm of ``x`` [..., hidden], computed in float32, returned in x's dtype times ``weight``."""
-    x32 = x.float()
-    return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, weight.shape, weight, eps)
+    return weight * F.rms_norm(x.float(), weight.shape, eps=eps).to(x.dtype)
 
 
 def _pair_order(heads: int, head_dim: int) -> torch.Tensor:
@@ -124,7 +125,7 @@ class CompactLlama(nn.Module):
         self.embed, self.norm, self.lm_head = embed, norm, lm_head
         positions = torch.arange(shape.max_positions, dtype=torch.float32, device=inv_freq.device)
         angles = positions[:, None] * inv_freq.float()[None, :]  # [max_positions, head_dim / 2]
-        # [max_positions, head_dim / 2, 2]: (cos, sin) x rope_scale, real so that torch.compile fuses it
+        # [max_positions, head_dim / 2, 2]: (cos, sin) x rope_scale
         self.rope = torch.stack((angles.cos(), angles.sin()), -1) * rope_scale
         self.use_kernels(KernelPlan.uniform("linear", "default"))
 
@@ -191,18 +192,35 @@ class CompactLlama(nn.Module):
         return rms_norm(x, weight, self.shape.norm_eps)
 
     def apply_rope(self, qk: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """qk [B, T, heads, head_dim] in pair order -> rotated, same shape and dtype."""
-        pairs = qk.float().reshape(*qk.shape[:-1], -1, 2)
-        x, y = pairs[..., 0], pairs[..., 1]
-        rope = self.rope[positions][:, :, None]  # [B, T, 1, head_dim / 2, 2]
-        cos, sin = rope[..., 0], rope[..., 1]
-        return torch.stack((x * cos - y * sin, x * sin + y * cos), -1).flatten(-2).to(qk.dtype)
+        """qk [B, T, heads, head_dim] in pair order -> rotated for ``positions`` [B, T], same shape and dtype."""
+        return self._rotate(qk, self._rotations(positions))
+
+    def _rotations(self, positions: torch.Tensor) -> torch.Tensor:
+        """positions [B, T] -> their RoPE rotations [B, T, 1, head_dim / 2, 2] (cos, sin)."""
+        return self.rope[positions][:, :, None]
 
     @staticmethod
-    def attention_mask(positions: torch.Tensor, upto: int) -> torch.Tensor:
-        """[B, 1, T, upto] bool: the query at position p sees cache positions <= p."""
+    def _rotate(qk: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+        """Eager runs the rotation as one complex product (a third of the operations, 2-7x faster,
+        measured); inductor cannot generate complex code, so a compiled step runs it in real arithmetic,
+        which it fuses."""
+        pairs = qk.float().reshape(*qk.shape[:-1], -1, 2)
+        if torch.compiler.is_compiling():
+            x, y, cos, sin = pairs[..., 0], pairs[..., 1], rotations[..., 0], rotations[..., 1]
+            rotated = torch.stack((x * cos - y * sin, x * sin + y * cos), -1)
+        else:
+            rotated = torch.view_as_real(torch.view_as_complex(pairs) * torch.view_as_complex(rotations))
+        return rotated.flatten(-2).to(qk.dtype)
+
+    @staticmethod
+    def attention_mask(positions: torch.Tensor, upto: int, dtype: torch.dtype = torch.bool) -> torch.Tensor:
+        """[B, 1, T, upto]: the query at position p sees cache positions <= p. Boolean, or additive for a
+        float ``dtype`` (0 where seen, -inf elsewhere: SDPA would otherwise convert it in every layer)."""
         keys = torch.arange(upto, device=positions.device)
-        return (keys[None, None, :] <= positions[:, :, None])[:, None]
+        visible = (keys[None, None, :] <= positions[:, :, None])[:, None]
+        if dtype == torch.bool:
+            return visible
+        return torch.zeros(visible.shape, dtype=dtype, device=positions.device).masked_fill_(~visible, float("-inf"))
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, cache: StaticKVCache,
                 rows: slice, logit_positions: torch.Tensor | None = None,
@@ -226,14 +244,14 @@ class CompactLlama(nn.Module):
         the final norm), the features EAGLE-3 heads draft from (vLLM's aux hidden states)."""
         if upto is None:
             upto = int(positions.max()) + 1
-        mask = self.attention_mask(positions, upto)
+        mask, rotations = self.attention_mask(positions, upto, self.dtype), self._rotations(positions)
         h = F.embedding(input_ids, self.embed)
         features = {}
         for index, block in enumerate(self.blocks):
             if index in layers:
                 features[index] = h
             if plan is None or plan.attention[index]:
-                h = h + self.attention(index, block, h, positions, cache, rows, upto, mask)
+                h = h + self.attention(index, block, h, positions, cache, rows, upto, mask, rotations)
             if plan is None or plan.mlp[index]:
                 gate, up = block.linear(self.rms_norm(h, block.mlp_norm), "gate_up", self._block_kernels).chunk(2, -1)
                 h = h + block.linear(F.silu(gate) * up, "down", self._block_kernels)
@@ -254,13 +272,17 @@ class CompactLlama(nn.Module):
         raise ValueError("linear() takes a decoder layer's weight of this model (Block.qkv, out, gate_up or down)")
 
     def attention(self, index: int, block: Block, h: torch.Tensor, positions: torch.Tensor,
-                  cache: StaticKVCache, rows: slice, upto: int, mask: torch.Tensor) -> torch.Tensor:
-        """Self-attention of layer ``index`` (its residual input ``h`` [B, T, hidden]); writes K/V."""
+                  cache: StaticKVCache, rows: slice, upto: int, mask: torch.Tensor,
+                  rotations: torch.Tensor | None = None) -> torch.Tensor:
+        """Self-attention of layer ``index`` (its residual input ``h`` [B, T, hidden]); writes K/V.
+        ``rotations``: the positions' RoPE rotations, looked up once per forward (else here)."""
+        if rotations is None:
+            rotations = self._rotations(positions)
         s = self.shape
         batch, steps = h.shape[:2]
         qkv = block.linear(self.rms_norm(h, block.attn_norm), "qkv", self._block_kernels)
         qkv = qkv.view(batch, steps, s.q_heads + 2 * s.kv_heads, s.head_dim)
-        qk = self.apply_rope(qkv[:, :, : s.q_heads + s.kv_heads], positions)
+        qk = self._rotate(qkv[:, :, : s.q_heads + s.kv_heads], rotations)
         q, k, v = qk[:, :, : s.q_heads], qk[:, :, s.q_heads :], qkv[:, :, s.q_heads + s.kv_heads :]
         cache.write(index, rows, positions, k, v)
         k_all, v_all = cache.read(index, rows, upto)

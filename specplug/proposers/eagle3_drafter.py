@@ -147,7 +147,7 @@ class Eagle3Drafter(Proposer):
         q, k, v = self.head.qkv(F.embedding(ids.to(self.embed.device), self.embed), hidden, positions)
         self.cache.write(0, slice(0, live), positions, k.transpose(1, 2), v.transpose(1, 2))
         k_all, v_all = self.cache.read(0, slice(0, live), upto)
-        mask = CompactLlama.attention_mask(positions, upto)
+        mask = CompactLlama.attention_mask(positions, upto, q.dtype)
         attended = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, enable_gqa=True)
         logits, out = self.head.finish(attended, hidden)
         for row in rows:
