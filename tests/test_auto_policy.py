@@ -131,3 +131,31 @@ def test_config_takes_auto_and_refuses_other_words(tmp_path):
     path.write_text("serve: {strategies: {fast: {proposer: ngram, adaptive_k: 3}}}\n")
     with pytest.raises(ConfigError, match="serve.strategies.fast.adaptive_k must be true, false or auto"):
         load_config(str(path))
+
+
+def run_confident(auto: AutoDraftLength, accepted_every: int, propose_seconds: float, steps: int = 60) -> list[int]:
+    """``steps`` steps of one row whose one-token drafts (stated confidence 0.9) are accepted every
+    ``accepted_every``-th time; the budgets ``plan`` gave."""
+    rows, draft, budgets = [Row("a")], Draft([7], confidence=[0.9]), []
+    for step in range(steps):
+        budgets.append(auto.plan(rows, 1, 1)[0])
+        drafted = draft if budgets[-1] else Draft([])
+        keep = auto.trim(rows, [drafted], 1, 1)[0]
+        accepted = int(keep == 1 and step % accepted_every == 0)
+        auto.observe(rows, [drafted.cut(keep)], [accepted], 1, 1 + keep, 0.010 + 0.0024 * keep,
+                     propose_seconds if budgets[-1] else 0.0)
+    return budgets
+
+
+def test_a_confident_proposer_is_not_called_while_its_drafts_are_worth_less_than_its_own_time():
+    """An EAGLE-3 head on open-ended text (AMD EPYC, docs/benchmarks.md): accepted a quarter of the time,
+    a draft step of 0.12 decode steps, a 2-token verify of 1.24. Calling it each step and cutting
+    afterwards ran at 0.78x plain; auto now stops calling it, and keeps calling a proposer that pays."""
+    measured = {1: 10.0, 2: 12.4}
+    losing = run_confident(AutoDraftLength(1, measured, explore=0.0), accepted_every=4, propose_seconds=0.0012)
+    assert losing[-20:] == [0] * 20
+    paying = run_confident(AutoDraftLength(1, measured, explore=0.0), accepted_every=1, propose_seconds=0.0012)
+    assert paying == [1] * len(paying)
+    exploring = run_confident(AutoDraftLength(1, measured, explore=0.2, seed=1), accepted_every=4,
+                              propose_seconds=0.0012, steps=200)
+    assert 0 < sum(exploring[-100:]) < 50, "closed, it still tries now and then"

@@ -16,7 +16,10 @@ most expected tokens per second of step time, from measured costs and measured a
   step keeps the width whose expected tokens per second is highest, each token's chance of acceptance
   read from a calibration of the stated confidence against what was accepted (``Calibration``), scaled
   by the row's acceptance against all rows'. The proposer's own numbers are never trusted as they are:
-  only what they turned out to be worth.
+  only what they turned out to be worth. Such a proposer is called only while calling it pays: the
+  expected tokens per second of the trimmed drafts, the proposer's own time included, against plain
+  decoding's (``draft_value``, decayed); while it does not, steps decode plainly and only exploring
+  ones call it (an EAGLE-3 head whose drafts cost more than they are worth on open-ended text).
 - Exploration: with probability ``explore`` a width next to the best one, so the estimates around the
   choice stay fresh (a random far width could cost several steps' time on a CPU).
 Width 1 is plain decoding (nothing is drafted, the proposer is not called), so auto can always fall
@@ -122,6 +125,8 @@ class AutoDraftLength:
         self.calibration = Calibration()
         self.confident = False  # the proposer states confidences: draft k, then trim
         self.propose_seconds = 0.0  # decayed mean time of a proposer call that drafted
+        self.drafted = False  # whether this step's proposer call drafted anything (before trimming)
+        self.draft_value = 1.0  # decayed: drafting's expected tokens per second against plain decoding's
         self.random = random.Random(seed)
         self.chosen: Counter[int] = Counter()  # budgets chosen (row-steps), for the metrics
 
@@ -132,8 +137,11 @@ class AutoDraftLength:
 
     def plan(self, rows: list, batch_size: int, floor_width: int) -> list[int]:
         self._forget_finished(rows)
-        if self.confident:
-            return [self.k] * len(rows)  # ``trim`` chooses, once the drafts and their confidences are known
+        if self.confident:  # ``trim`` chooses, once the drafts and their confidences are known
+            if self.draft_value < 1.0 and self.random.random() >= self.explore:
+                self.chosen[0] += len(rows)
+                return [0] * len(rows)
+            return [self.k] * len(rows)
         rates = [self.rate(row) for row in rows]
         if self.packed:
             return self._allocate([gains(a, self.k) for a in rates], batch_size, self.propose_seconds)
@@ -145,17 +153,32 @@ class AutoDraftLength:
     def trim(self, rows: list, drafts: list, batch_size: int, floor_width: int) -> list[int]:
         """How many of each row's draft tokens to verify (drafts with confidences only; others kept)."""
         lengths = [len(d.token_ids) for d in drafts]
+        self.drafted = any(lengths)
         if not any(d.confidence is not None for d in drafts):
             return lengths
         self.confident = True
         rates = [self._confidence_rates(row, d.confidence) if d.confidence is not None else self.rate(row)
                  for row, d in zip(rows, drafts)]
         if self.packed:
-            return self._allocate([gains(a, n) for a, n in zip(rates, lengths)], batch_size, 0.0)
+            row_gains = [gains(a, n) for a, n in zip(rates, lengths)]
+            budgets = self._allocate(row_gains, batch_size, 0.0)
+            tokens = batch_size + sum(sum(g[:b]) for g, b in zip(row_gains, budgets))
+            seconds = self.token_costs.seconds(batch_size + sum(budgets))
+            self._value_of_drafting(tokens / (seconds + self.propose_seconds),
+                                    batch_size / self.token_costs.seconds(batch_size))
+            return budgets
         width = self._choose(min(floor_width, max(lengths) + 1), max(lengths) + 1,
                              lambda w: self._throughput(rates, batch_size, w, 0.0))
         self.chosen[width - 1] += len(rows)
+        step = self.costs.seconds(batch_size, width)
+        self._value_of_drafting(self._throughput(rates, batch_size, width, 0.0) * step / (step + self.propose_seconds),
+                                self._throughput(rates, batch_size, 1, 0.0))
         return [min(n, width - 1) for n in lengths]
+
+    def _value_of_drafting(self, drafting: float, plain: float) -> None:
+        """Expected tokens per second of this step's trimmed drafts (their proposer's time included) and
+        of plain decoding: whether calling the proposer pays (``plan``)."""
+        self.draft_value = 0.8 * self.draft_value + 0.2 * drafting / plain
 
     def _allocate(self, row_gains: list[list[float]], batch_size: int, propose_seconds: float) -> list[int]:
         """Per-row budgets for a packed step: the t most valuable draft tokens over all rows, with t the
@@ -208,7 +231,7 @@ class AutoDraftLength:
             self.token_costs.observe(tokens, target_seconds)
         else:
             self.costs.observe(batch_size, width, target_seconds)
-        if any(d.token_ids for d in drafts):
+        if self.drafted:  # the proposer's time counts even where every draft was then cut
             self.propose_seconds = 0.8 * self.propose_seconds + 0.2 * propose_seconds
         for row, draft, a in zip(rows, drafts, accepted):
             mine = self.rows.setdefault(row.seq_id, Acceptance(ROW_DECAY))
