@@ -6,8 +6,8 @@ step it feeds the new ones in one catch-up forward (entry i: features at i, the 
 last output gives the first draft token, then chains: each draft step reads the last step's output as its
 hidden input and the token it drafted. Draft entries lie past ``fed`` and are overwritten by the next
 catch-up, which is the rollback. A row whose features have a gap (its strategy was swapped in mid-way)
-is drafted for no more: lossless, only slower. Greedy rows draft the head's argmax with no probabilities;
-sampled rows sample from the head's distribution under the row's own filters and return it.
+is drafted for no more: lossless, only slower. The head's draft logits are spread over the target's
+vocabulary for ``chain`` (greedy, or sampled with the head's distribution for sampled rows).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from specplug.models.eagle3 import Eagle3Head
 from specplug.models.kv_cache import StaticKVCache
 from specplug.models.llama import CompactLlama
 from specplug.proposers.base import Proposer
-from specplug.sampling import make_generator, target_probs
+from specplug.proposers.chain import Chain, pick
+from specplug.sampling import make_generator
 
 
 @dataclass
@@ -88,23 +89,18 @@ class Eagle3Drafter(Proposer):
             if row.generator is None:
                 row.generator = make_generator(request.sampling.seed, self.embed.device)
         logits, hidden, positions = self._catch_up(requests, rows)
-        tokens: list[list[int]] = [[] for _ in rows]
-        probs: list[list[torch.Tensor]] = [[] for _ in rows]
-        confidence: list[list[float]] = [[] for _ in rows]
+        chain = Chain(requests, self.confidence_threshold)
         running = list(range(len(rows)))
-        while running:
-            running = self._choose(requests, rows, logits, running, tokens, probs, confidence)
-            if not running:
-                break
-            chosen = [tokens[i][-1] for i in running]
+        while running := chain.extend(running, lambda i: self._pick(requests[i], rows[i], chain.tokens[i],
+                                                                    logits[i])):
             positions = {i: positions[i] + 1 for i in running}
-            step_logits, step_hidden = self._forward([rows[i] for i in running], [[t] for t in chosen],
+            step_logits, step_hidden = self._forward([rows[i] for i in running],
+                                                     [[chain.tokens[i][-1]] for i in running],
                                                      [hidden[i][None] for i in running],
                                                      [positions[i] for i in running])
             logits = dict(zip(running, step_logits[:, 0]))
             hidden = dict(zip(running, step_hidden[:, 0]))
-        return {r.seq_id: Draft(t, torch.stack(p) if p else None, c)
-                for r, t, p, c in zip(requests, tokens, probs, confidence)}
+        return {r.seq_id: d for r, d in zip(requests, chain.drafts(with_confidence=True))}
 
     def _catch_up(self, requests: list[DraftRequest], rows: list[HeadSlot]):
         """Feed each row's new features (entry i: features at i, token i + 1): per row index, the draft
@@ -155,32 +151,9 @@ class Eagle3Drafter(Proposer):
         slots = [row.slot for row in rows]
         return logits[slots], out[slots]
 
-    def _choose(self, requests, rows, logits: dict[int, torch.Tensor], running: list[int], tokens, probs,
-                confidence) -> list[int]:
-        """Each running row's next draft token from its draft ``logits`` [draft_vocab]; the rows that go on."""
-        still = []
-        for i in running:
-            request = requests[i]
-            token, q, sure = self._pick(request, rows[i], tokens[i], logits[i])
-            if tokens[i] and sure < self.confidence_threshold:
-                continue
-            tokens[i].append(token)
-            confidence[i].append(min(1.0, max(0.0, sure)))
-            if q is not None:
-                probs[i].append(q)
-            if len(tokens[i]) < request.max_draft_tokens:
-                still.append(i)
-        return still
-
-    def _pick(self, request: DraftRequest, row: HeadSlot, drafted: list[int], logits: torch.Tensor):
-        """The next draft token after ``drafted`` from the head's draft ``logits`` [draft_vocab]: (target token,
-        the distribution [V] it was drawn from or None for greedy, the head's probability of it)."""
-        if request.sampling.greedy:
-            best = int(logits.argmax())
-            return int(self.head.target_ids[best]), None, float(logits.softmax(-1)[best])
-        q = target_probs(self.head.full_logits(logits)[None, None], [request.sampling])[0, 0]
-        token = int(torch.multinomial(q, 1, generator=row.generator))
-        return token, q, float(q[token])
+    def _pick(self, request: DraftRequest, row: HeadSlot, drafted: list[int], logits: torch.Tensor):  # noqa: ARG002
+        """The next draft token after ``drafted`` from the head's draft ``logits`` [draft_vocab] (``chain.pick``)."""
+        return pick(request, self.head.full_logits(logits), row.generator)
 
     def _new_row(self, seq_id: Hashable) -> HeadSlot:
         if len(self.rows) == self.max_rows:

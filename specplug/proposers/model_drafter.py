@@ -5,10 +5,8 @@ Per row the drafter remembers ``fed``: the tokens whose K/V its cache holds. At 
 tokens (prompt + accepted output) are compared with ``fed``; the cache rolls back to their common
 prefix and the rest is fed in one catch-up forward, whose last logits give the first draft token.
 This covers rejected drafts (rolled back) and fully accepted ones (the last draft token and the bonus
-token were never fed: both are caught up). Then k - 1 one-token forwards draft the rest.
-Greedy rows draft the argmax and return no probabilities (a one-hot draft, as the verifier expects);
-sampled rows sample from the draft's distribution under the row's own temperature/top-k/top-p and
-return it, so rejection sampling stays lossless.
+token were never fed: both are caught up). Then k - 1 one-token forwards draft the rest (``chain``:
+greedy or sampled, with the draft's distribution for sampled rows).
 """
 
 from __future__ import annotations
@@ -22,7 +20,8 @@ from specplug.metadata import Draft, DraftRequest
 from specplug.models.llama import CompactLlama, LayerPlan
 from specplug.models.runner import StepRunner
 from specplug.proposers.base import Proposer, token_list
-from specplug.sampling import make_generator, target_probs
+from specplug.proposers.chain import Chain, pick
+from specplug.sampling import make_generator
 
 
 @dataclass
@@ -50,22 +49,18 @@ class ModelDrafter(Proposer):
     @torch.inference_mode()
     def propose(self, requests: Sequence[DraftRequest]) -> list[Draft]:
         active = [r for r in requests if r.max_draft_tokens > 0]
-        drafts: dict[Hashable, list[int]] = {r.seq_id: [] for r in active}
-        probs: dict[Hashable, list[torch.Tensor]] = {r.seq_id: [] for r in active}
-        if active:
-            rows = [self._row(r) for r in active]
-            logits = self._catch_up(rows, active)
-            current = dict(enumerate(logits))
-            running = list(range(len(active)))
-            for step in range(max(r.max_draft_tokens for r in active)):
-                running = self._choose(rows, active, current, running, drafts, probs, step)
-                if not running:
-                    break
-                logits = self._feed([rows[i] for i in running],
-                                    [[drafts[active[i].seq_id][-1]] for i in running])
-                current = dict(zip(running, logits))
-        return [Draft(drafts.get(r.seq_id, []),
-                      torch.stack(probs[r.seq_id]) if probs.get(r.seq_id) else None) for r in requests]
+        if not active:
+            return [Draft([]) for _ in requests]
+        rows = [self._row(r) for r in active]
+        chain = Chain(active, self.confidence_threshold)
+        logits = dict(enumerate(self._catch_up(rows, active)))
+        running = list(range(len(active)))
+        while running := chain.extend(running, lambda i: pick(active[i], logits[i], rows[i].generator,
+                                                              confidence=bool(self.confidence_threshold))):
+            logits = dict(zip(running, self._feed([rows[i] for i in running],
+                                                  [[chain.tokens[i][-1]] for i in running])))
+        drafted = {r.seq_id: d for r, d in zip(active, chain.drafts(with_confidence=False))}
+        return [drafted.get(r.seq_id, Draft([])) for r in requests]
 
     def release(self, seq_id: Hashable) -> None:
         row = self.by_id.pop(seq_id, None)
@@ -115,34 +110,6 @@ class ModelDrafter(Proposer):
         for row, chunk in zip(rows, chunks):
             self.cache.lengths[row.slot] += len(chunk)
         return logits[[row.slot for row in rows], 0]
-
-    def _choose(self, rows: list[DrafterSlot], requests: list[DraftRequest], logits: dict[int, torch.Tensor],
-                running: list[int],
-                drafts: dict, probs: dict, step: int) -> list[int]:
-        """Pick each running row's next draft token from its ``logits`` [V]; return the rows that go on.
-
-        A row stops at its draft budget, or (after its first token) when the draft's confidence in the
-        next token falls below ``confidence_threshold``.
-        """
-        still = []
-        for i in running:
-            request, row_logits = requests[i], logits[i]
-            if request.sampling.greedy:
-                token = int(row_logits.argmax())
-                q = None
-                confidence = float(row_logits.softmax(-1)[token]) if self.confidence_threshold else 1.0
-            else:
-                q = target_probs(row_logits[None, None], [request.sampling])[0, 0]
-                token = int(torch.multinomial(q, 1, generator=rows[i].generator))
-                confidence = float(q[token])
-            if step > 0 and confidence < self.confidence_threshold:
-                continue
-            drafts[request.seq_id].append(token)
-            if q is not None:
-                probs[request.seq_id].append(q)
-            if len(drafts[request.seq_id]) < request.max_draft_tokens:
-                still.append(i)
-        return still
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
