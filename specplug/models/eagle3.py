@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from specplug.errors import ConfigError
+from specplug.models.kernels import KernelPlan, lay_out, project
 from specplug.models.llama import rms_norm
 
 ARCHITECTURE = "LlamaForCausalLMEagle3"
@@ -85,10 +86,26 @@ class Eagle3Head(nn.Module):
         inv_freq = 1.0 / shape.rope_theta ** (torch.arange(0, shape.head_dim, 2).float() / shape.head_dim)
         angles = torch.arange(shape.max_positions).float()[:, None] * inv_freq[None]
         self.register_buffer("rope", torch.stack((angles.cos(), angles.sin()), -1), persistent=False)
+        self.kernels: list | None = None  # a kernel table for inference (use_kernels); None: x @ W.T (training)
+        self.packed: dict[str, torch.Tensor] = {}
+
+    def use_kernels(self, plan: KernelPlan) -> None:
+        """Compute the head's products as the target's measured plan computes its LM head (the rows layout,
+        with packed copies where the plan keeps one for the head): at one or two rows ``x @ W.T`` streams
+        the weights 2-3x slower on some CPUs (docs/benchmarks.md). For inference only (no gradients)."""
+        self.kernels = plan.table("head")
+        self.packed = {name: lay_out(getattr(self, name).detach(), "packed") for name in self.MATRICES} \
+            if plan.head_copy else {}
+
+    def _linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        weight = getattr(self, name)
+        if self.kernels is None:
+            return x @ weight.T
+        return project(x, weight, self.kernels, self.packed.get(name))
 
     def project_features(self, features: torch.Tensor) -> torch.Tensor:
         """Target features [..., len(layers) * hidden] -> the head's hidden input [..., hidden]."""
-        return features.to(self.fc.dtype) @ self.fc.T
+        return self._linear(features.to(self.fc.dtype), "fc")
 
     def qkv(self, embeds: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor):
         """Queries [B, q_heads, T, d], keys and values [B, kv_heads, T, d] of tokens' ``embeds`` [B, T, H] and
@@ -96,9 +113,9 @@ class Eagle3Head(nn.Module):
         s = self.shape
         x = torch.cat([rms_norm(embeds, self.input_norm, s.norm_eps), rms_norm(hidden, self.hidden_norm, s.norm_eps)], -1)
         batch, steps = x.shape[:2]
-        q = (x @ self.q_proj.T).view(batch, steps, s.q_heads, s.head_dim)
-        k = (x @ self.k_proj.T).view(batch, steps, s.kv_heads, s.head_dim)
-        v = (x @ self.v_proj.T).view(batch, steps, s.kv_heads, s.head_dim)
+        q = self._linear(x, "q_proj").view(batch, steps, s.q_heads, s.head_dim)
+        k = self._linear(x, "k_proj").view(batch, steps, s.kv_heads, s.head_dim)
+        v = self._linear(x, "v_proj").view(batch, steps, s.kv_heads, s.head_dim)
         rope = self.rope[positions][:, :, None]  # [B, T, 1, d / 2, 2]
         return self._rotate(q, rope).transpose(1, 2), self._rotate(k, rope).transpose(1, 2), v.transpose(1, 2)
 
@@ -114,10 +131,10 @@ class Eagle3Head(nn.Module):
         [B, T, draft_vocab] and the next step's hidden input [B, T, H] (the output before the final norm)."""
         s = self.shape
         batch, _, steps, _ = attended.shape
-        h = hidden + attended.transpose(1, 2).reshape(batch, steps, -1) @ self.o_proj.T
+        h = hidden + self._linear(attended.transpose(1, 2).reshape(batch, steps, -1), "o_proj")
         x = rms_norm(h, self.post_norm, s.norm_eps)
-        h = h + (F.silu(x @ self.gate_proj.T) * (x @ self.up_proj.T)) @ self.down_proj.T
-        return (rms_norm(h, self.norm, s.norm_eps) @ self.lm_head.T).float(), h
+        h = h + self._linear(F.silu(self._linear(x, "gate_proj")) * self._linear(x, "up_proj"), "down_proj")
+        return self._linear(rms_norm(h, self.norm, s.norm_eps), "lm_head").float(), h
 
     def full_logits(self, draft_logits: torch.Tensor) -> torch.Tensor:
         """Draft logits [..., draft_vocab] spread over the target's vocabulary [..., V] (-inf elsewhere)."""

@@ -49,6 +49,7 @@ def make_eagle3(context: ProposerContext, options: Eagle3Options) -> Eagle3Draft
                           "vLLM serve the same head with vLLM's own eagle3 method (docs/vllm.md)")
     head = Eagle3Head.load(head_directory(options.head), target.dtype, target.device)
     check_fits_target(options.head, head, target)
+    head.use_kernels(target.kernels)
     return Eagle3Drafter(NAME, head, target.embed, context.max_batch_size, context.max_model_len,
                          context.num_speculative_tokens, options.confidence_threshold)
 
