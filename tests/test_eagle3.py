@@ -260,3 +260,26 @@ def test_a_proposer_that_does_not_derive_from_proposer_still_runs(model):
     requests = [Request(i, p, 12) for i, p in enumerate(prompts(3))]
     plain = run(Engine(model, None, NoProposer(), RejectionSampler(), K, 3, MAX_LEN), requests)
     assert run(Engine(model, None, Duck(), RejectionSampler(), K, 3, MAX_LEN), requests) == plain
+
+
+@pytest.mark.parametrize("formulation", ["halves", "w_x", "onednn"])
+def test_the_head_computes_the_same_with_the_target_s_measured_kernels(model, formulation):
+    """In inference the head's products run as the target's plan runs its LM head (use_kernels), packed
+    copies included; what it computes stays that of x @ W.T."""
+    from specplug.models.kernels import ROW_BUCKETS, KernelPlan
+
+    head = tiny_head(model).float()
+    names = (formulation,) * len(ROW_BUCKETS)
+    plan = KernelPlan("rows", ("linear",) * len(ROW_BUCKETS), names, "measured", 1.0)
+    embeds, hidden = torch.randn(2, 3, model.shape.hidden), torch.randn(2, 3, model.shape.hidden)
+    positions = torch.arange(3).expand(2, -1)
+    before = head.qkv(embeds, hidden, positions)
+    attended = torch.randn_like(before[0])
+    logits_before, out_before = head.finish(attended, hidden)
+    head.use_kernels(plan)
+    assert head.kernels is not None and bool(head.packed) == (formulation == "onednn")
+    for a, b in zip(head.qkv(embeds, hidden, positions), before):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    logits, out = head.finish(attended, hidden)
+    torch.testing.assert_close(logits, logits_before, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, out_before, rtol=1e-5, atol=1e-5)
