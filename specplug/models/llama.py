@@ -2,9 +2,10 @@
 
 Weights are fused where the math allows (Q/K/V in one matrix, gate/up in one), RoPE is applied to
 Q and K together as one rotation of interleaved pairs (their rows are permuted to pairs at load
-time, which leaves attention scores unchanged), looked up once per forward, attention reads the static GQA cache through SDPA with ``enable_gqa=True``, and logits are
-computed only at the positions asked for. Eager mode pays per operation, so each layer runs as few
-as the math allows (measured in docs/benchmarks.md).
+time, which leaves attention scores unchanged) looked up once per forward, attention reads the static
+GQA cache through SDPA with ``enable_gqa=True``, and logits are computed only at the positions asked
+for. Eager mode pays per operation, so each layer runs as few as the math allows (measured in
+docs/benchmarks.md).
 """
 
 from __future__ import annotations
