@@ -213,6 +213,8 @@ def test_compiled_forward_runs_onednn_s_packed_weights(tiny_hf, monkeypatch, tmp
     pass of compile: on with a plan that packs); the compiled forward calls them as an opaque op."""
     from specplug.models.llama import CompactLlama
 
+    if "onednn" not in kernels.available(torch.float32, CPU):
+        pytest.skip("this torch build has no oneDNN")
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     model = CompactLlama.from_hf(tiny_hf, torch.float32, CPU)
     model.use_kernels(KernelPlan.uniform("onednn", "forced"))

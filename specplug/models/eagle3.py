@@ -28,7 +28,7 @@ from torch import nn
 
 from specplug.errors import ConfigError
 from specplug.models.kernels import KernelPlan, lay_out, project
-from specplug.models.llama import rms_norm
+from specplug.models.llama import rms_norm, rope_table
 
 ARCHITECTURE = "LlamaForCausalLMEagle3"
 
@@ -84,8 +84,7 @@ class Eagle3Head(nn.Module):
         self.register_buffer("d2t", d2t.long())  # [draft_vocab]: draft id d is target token d + d2t[d]
         self.register_buffer("target_ids", torch.arange(shape.draft_vocab_size) + self.d2t, persistent=False)  # [draft_vocab]
         inv_freq = 1.0 / shape.rope_theta ** (torch.arange(0, shape.head_dim, 2).float() / shape.head_dim)
-        angles = torch.arange(shape.max_positions).float()[:, None] * inv_freq[None]
-        self.register_buffer("rope", torch.stack((angles.cos(), angles.sin()), -1), persistent=False)
+        self.register_buffer("rope", rope_table(inv_freq, shape.max_positions), persistent=False)
         self.kernels: list | None = None  # a kernel table for inference (use_kernels); None: x @ W.T (training)
         self.packed: dict[str, torch.Tensor] = {}
 

@@ -111,6 +111,13 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * F.rms_norm(x.float(), weight.shape, eps=eps).to(x.dtype)
 
 
+def rope_table(inv_freq: torch.Tensor, max_positions: int, scale: float = 1.0) -> torch.Tensor:
+    """[max_positions, head_dim / 2, 2]: (cos, sin) x ``scale`` of each position's angle per frequency."""
+    positions = torch.arange(max_positions, dtype=torch.float32, device=inv_freq.device)
+    angles = positions[:, None] * inv_freq.float()[None, :]
+    return torch.stack((angles.cos(), angles.sin()), -1) * scale
+
+
 def _pair_order(heads: int, head_dim: int) -> torch.Tensor:
     """Row order that turns HF's rotate-half layout into interleaved (real, imag) pairs, per head."""
     half = head_dim // 2
@@ -124,10 +131,7 @@ class CompactLlama(nn.Module):
         super().__init__()
         self.shape, self.blocks = shape, blocks
         self.embed, self.norm, self.lm_head = embed, norm, lm_head
-        positions = torch.arange(shape.max_positions, dtype=torch.float32, device=inv_freq.device)
-        angles = positions[:, None] * inv_freq.float()[None, :]  # [max_positions, head_dim / 2]
-        # [max_positions, head_dim / 2, 2]: (cos, sin) x rope_scale
-        self.rope = torch.stack((angles.cos(), angles.sin()), -1) * rope_scale
+        self.rope = rope_table(inv_freq, shape.max_positions, rope_scale)  # [max_positions, head_dim / 2, 2]
         self.use_kernels(KernelPlan.uniform("linear", "default"))
 
     def use_kernels(self, plan: KernelPlan) -> None:
