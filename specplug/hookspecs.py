@@ -19,10 +19,12 @@ hookimpl = pluggy.HookimplMarker("specplug")
 # The plugin API's version (``specplug.api``): a plugin may declare ``specplug_api_version = 3``; one built
 # for a version this one does not contain is skipped with a warning. Raised whenever the surface of
 # ``specplug.api`` changes; a change that only adds keeps the older versions in COMPATIBLE_API_VERSIONS.
-API_VERSION = 3
+API_VERSION = 4
 # 2 adds to 1: Proposer.feature_layers and on_target_features, CompactLlama.forward_features (eagle3)
 # 3 adds to 2: optional arguments CompactLlama.attention_mask(dtype=) and attention(rotations=)
-COMPATIBLE_API_VERSIONS = (1, 2, 3)
+# 4 adds option(hint=, secret=) and Config.section(); Config.trtllm became Config.sections["trtllm"] (the
+#   section belongs to the TensorRT-LLM adapter, the only reader of it: no hook is handed a Config)
+COMPATIBLE_API_VERSIONS = (1, 2, 3, 4)
 
 
 @hookspec

@@ -28,6 +28,7 @@ RELEASED = {
     1: "1e0abac37901b64a74e97649fe60631ddee31521e9dc9293ac29bd5b9f496b64",
     2: "95106e98c511de39e2a37522346b783444db461c50b27dc93940247810b20369",  # adds the target-feature hand-over
     3: "ac4e2dd04c7d618b456440a6ab1e2b514e0e6143180843290754ee6df317860c",  # adds optional forward-step arguments
+    4: "497559e473bfce4f11226241f67157702f64c4bdcfacb03ffb6e518538f37711",  # option hints; adapter-owned sections
 }
 REGENERATE = "regenerate with `.venv/bin/python -m specplug.api > tests/api_surface.json`"
 

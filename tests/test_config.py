@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+import dataclasses
+import importlib.metadata
 import json
+import sys
+import types
 
 import pytest
 
-from specplug.config import DEFAULTS, load_config
+from specplug.config import DEFAULTS, AdapterSections, ConfigFile, config_to_dict, load_config, validate
 from specplug.errors import ConfigError
+from specplug.options import option
 
 
 def test_defaults_file_and_overrides_in_order(tmp_path):
@@ -40,12 +45,12 @@ def test_switching_proposer_drops_the_previous_ones_options(tmp_path):
     ("num_speculative_tokens=2.5", "from 1 to 64"),
     ("num_speculative_token=3", "did you mean 'num_speculative_tokens'"),
     ("sampling.temprature=1", "did you mean 'temperature'"),
-    ("sampling.temperature=-1", "temperature must be a number >= 0"),
-    ("sampling.top_p=0", "top_p must be in (0, 1]"),
+    ("sampling.temperature=-1", "sampling.temperature must be a finite number >= 0 (got -1); 0 means greedy"),
+    ("sampling.top_p=0", "sampling.top_p must be a finite number in (0, 1] (got 0); 1 turns it off"),
     ("sampling.top_k=-2", "top_k must be an integer >= 0"),
     ("max_new_tokens=0", "max_new_tokens must be an integer >= 1"),
     ("proposer.name=", "'proposer' needs a name"),
-    ("stop=3", "stop must be a string or a list of strings"),
+    ("stop=3", "stop must be a list of strings (got 3); one string is taken as a list of one"),
 ])
 def test_bad_values_name_the_key_and_the_fix(override, message):
     with pytest.raises(ConfigError, match=None) as info:
@@ -105,10 +110,10 @@ def test_serve_section_round_trips_and_follows_the_top_level_proposer(tmp_path, 
     ("serve.default_strategy=ngarm", "serve.default_strategy 'ngarm' is not a configured strategy (did you mean"),
     ("serve.strategies.x={proposer: ngram, num_speculative_tokens: 0}", "serve.strategies.x.num_speculative_tokens"),
     ("serve.colour=1", "unknown config key 'serve.colour'"),
-    ("serve.auto.explore=2", "serve.auto.explore must be a number in [0, 1)"),
+    ("serve.auto.explore=2", "serve.auto.explore must be a finite number in [0, 1) (got 2)"),
     ("serve.max_num_speculative_tokens=2", "serve.max_num_speculative_tokens (2) is below"),
     ("serve.strategies.auto={proposer: ngram}", "'auto' is reserved"),
-    ("serve.sagemaker_stream=xml", "serve.sagemaker_stream must be jsonlines or sse"),
+    ("serve.sagemaker_stream=xml", "serve.sagemaker_stream must be one of jsonlines, sse"),
 ])
 def test_serve_section_errors(override, message):
     with pytest.raises(ConfigError) as error:
@@ -123,7 +128,43 @@ def test_the_api_key_is_checked_but_never_shown():
     for bad in ("serve.api_key=[sk-very-secret]", 'serve.api_key="sk-very-secret\\t"', "serve.api_key=' '"):
         with pytest.raises(ConfigError) as info:
             load_config(overrides=[bad])
-        assert "serve.api_key must be a non-empty string" in str(info.value)
+        assert "serve.api_key must be a " in str(info.value) and "its value is not shown" in str(info.value)
         assert "sk-very-secret" not in str(info.value)
     with pytest.raises(ConfigError, match="serve.max_request_bytes must be an integer >= 1024"):
         load_config(overrides=["serve.max_request_bytes=10"])
+
+
+def test_an_adapters_section_is_the_adapters_own():
+    """`trtllm:` belongs to the TensorRT-LLM adapter: the core finds it by its entry point and checks it
+    with the adapter's schema, the same rules as every section; without the section, its defaults."""
+    from specplug_trtllm.config import TrtllmOptions
+
+    assert "trtllm" not in {f.name for f in dataclasses.fields(ConfigFile)}
+    assert AdapterSections()["trtllm"] is TrtllmOptions
+    assert load_config(overrides=["trtllm.max_concurrency=4"]).section("trtllm", TrtllmOptions).max_concurrency == 4
+    assert load_config().section("trtllm", TrtllmOptions) == TrtllmOptions()
+    with pytest.raises(ConfigError, match="unknown config key 'trtlm' \\(did you mean 'trtllm'\\?\\); known keys: "
+                                          ".*serve, trtllm$"):
+        load_config(overrides=["trtlm.max_concurrency=4"])
+
+
+def test_a_third_party_engine_adds_its_section_by_entry_point(monkeypatch):
+    @dataclasses.dataclass(frozen=True)
+    class MyEngineOptions:
+        queue_depth: int = option(4, "requests queued per replica", ge=1)
+
+    module = types.ModuleType("my_engine_adapter")
+    module.MyEngineOptions = MyEngineOptions
+    monkeypatch.setitem(sys.modules, "my_engine_adapter", module)
+    points = [importlib.metadata.EntryPoint("my_engine", "my_engine_adapter:MyEngineOptions", AdapterSections.GROUP),
+              importlib.metadata.EntryPoint("gone", "not_installed_adapter:Options", AdapterSections.GROUP)]
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: points if group == AdapterSections.GROUP
+                        else [])
+    config = load_config(overrides=["my_engine.queue_depth=8"])
+    assert config.sections == {"my_engine": MyEngineOptions(8)}
+    assert validate(config_to_dict(config)).sections == config.sections  # written back and read again
+    with pytest.raises(ConfigError, match=r"^my_engine.queue_depth must be an integer >= 1 \(got 0\)$"):
+        load_config(overrides=["my_engine.queue_depth=0"])
+    with pytest.raises(ConfigError, match="config section 'gone' belongs to not_installed_adapter:Options, which "
+                                          "does not import .*: reinstall the package that provides it"):
+        load_config(overrides=["gone.x=1"])

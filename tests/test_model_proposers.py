@@ -129,10 +129,10 @@ def _hf(llm):
     ({}, "skips nothing"),
     ({"skip_layers": [30]}, "skip_layers must be a list of layer indices in 0..29"),
     ({"exit_layer": 30}, "exit_layer must be an integer in 1..29"),
-    ({"exit_layer": 0}, "option 'exit_layer' must be >= 1 \\(got 0\\)"),
-    ({"skip_layers": [-1]}, "option 'skip_layers' must be >= 0 \\(got -1\\)"),
-    ({"skip_layers": "13"}, "option 'skip_layers' must be list of int"),
-    ({"skip_attention": [3], "confidence_threshold": 1.5}, "option 'confidence_threshold' must be >= 0 and < 1"),
+    ({"exit_layer": 0}, "option 'exit_layer' must be an integer >= 1 or null \\(got 0\\)"),
+    ({"skip_layers": [-1]}, "option 'skip_layers' must be a list of integers >= 0 \\(got -1\\)"),
+    ({"skip_layers": "13"}, "option 'skip_layers' must be a list of integers >= 0"),
+    ({"skip_attention": [3], "confidence_threshold": 1.5}, "option 'confidence_threshold' must be a finite number in \\[0, 1\\)"),
 ])
 def test_layerskip_option_errors(llm, options, message):
     with pytest.raises(ConfigError, match=message):

@@ -64,10 +64,10 @@ def test_proposer_keeps_one_index_per_row_and_accepts_numpy_rows():
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"min_n": 0}, "option 'min_n' must be >= 1 and <= 64 (got 0)"),
+    ({"min_n": 0}, "option 'min_n' must be an integer from 1 to 64 (got 0)"),
     ({"min_n": 3, "max_n": 2}, "min_n (3) must not exceed max_n (2)"),
-    ({"max_n": "4"}, "option 'max_n' must be int (got '4')"),
-    ({"min_n": True}, "option 'min_n' must be int (got True)"),  # YAML's `true` is not a number
+    ({"max_n": "4"}, "option 'max_n' must be an integer from 1 to 64 (got '4')"),
+    ({"min_n": True}, "option 'min_n' must be an integer from 1 to 64 (got True)"),  # YAML's `true` is not a number
     ({"max_m": 4}, "has no option 'max_m' (did you mean 'max_n'?)"),
 ])
 def test_bad_options(plugin_manager, options, message):

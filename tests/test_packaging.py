@@ -71,7 +71,7 @@ def test_the_installed_wheel_imports_and_registers_its_plugins(installed, tmp_pa
     check = run_in(installed, "-c", (
         "import json, importlib.metadata as md, specplug, specplug_vllm, specplug_trtllm\n"
         "groups = {g: sorted(e.value for e in md.entry_points(group=g)) "
-        "for g in ('console_scripts', 'pytest11', 'vllm.general_plugins')}\n"
+        "for g in ('console_scripts', 'pytest11', 'vllm.general_plugins', 'specplug.config_sections')}\n"
         "register = md.entry_points(group='vllm.general_plugins')['specplug'].load()\n"
         "print(json.dumps({'files': [m.__file__ for m in (specplug, specplug_vllm, specplug_trtllm)], "
         "'groups': groups, 'api': specplug.API_VERSION, 'register': callable(register)}))"), cwd=tmp_path)
@@ -81,6 +81,11 @@ def test_the_installed_wheel_imports_and_registers_its_plugins(installed, tmp_pa
     assert "specplug.cli:main" in found["groups"]["console_scripts"]
     assert found["groups"]["pytest11"].count("specplug.pytest_plugin") == 1
     assert found["groups"]["vllm.general_plugins"].count("specplug_vllm.plugin:register") == 1 and found["register"]
+    assert found["groups"]["specplug.config_sections"] == ["specplug_trtllm.config:TrtllmOptions"]
+    section = run_in(installed, "-c", "from specplug.config import load_config\n"
+                     "print(load_config(overrides=['trtllm.max_concurrency=4']).sections['trtllm'].max_concurrency)",
+                     cwd=tmp_path)
+    assert section.returncode == 0 and section.stdout.strip() == "4", section.stderr
     plugins = run_in(installed, "-m", "specplug.cli", "plugins", "--json", cwd=tmp_path)
     assert plugins.returncode == 0, plugins.stderr
     names = {(row["kind"], row["name"]) for row in json.loads(plugins.stdout)}

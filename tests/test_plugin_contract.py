@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import pytest
 
 from specplug import hookimpl
+from specplug.hookspecs import API_VERSION
 from specplug.config import load_config
 from specplug.errors import ConfigError
 from specplug.metadata import Draft, ProposerContext
@@ -53,11 +54,11 @@ def registry_with(plugin_manager, *plugins):
 
 @pytest.mark.parametrize("options, message", [
     ({}, "proposer 'fixed' needs option 'path' (where the table lives)"),
-    ({"path": 3}, "option 'path' must be str (got 3)"),
-    ({"path": "x", "token": 100}, "option 'token' must be >= 0 and < 100 (got 100)"),
-    ({"path": "x", "token": 1.5}, "option 'token' must be int (got 1.5)"),
-    ({"path": "x", "ratio": 0}, "option 'ratio' must be > 0 and <= 1 (got 0)"),
-    ({"path": "x", "ratio": float("nan")}, "option 'ratio' must be float (got nan)"),
+    ({"path": 3}, "option 'path' must be a string (got 3)"),
+    ({"path": "x", "token": 100}, "option 'token' must be an integer in [0, 100) (got 100)"),
+    ({"path": "x", "token": 1.5}, "option 'token' must be an integer in [0, 100) (got 1.5)"),
+    ({"path": "x", "ratio": 0}, "option 'ratio' must be a finite number in (0, 1] (got 0)"),
+    ({"path": "x", "ratio": float("nan")}, "option 'ratio' must be a finite number in (0, 1] (got nan)"),
     ({"path": "x", "mode": "slow"}, "option 'mode' must be one of fast, exact (got 'slow')"),
     ({"path": "x", "tokn": 3}, "has no option 'tokn' (did you mean 'token'?)"),
 ])
@@ -121,15 +122,15 @@ def test_a_factory_that_returns_no_proposer_is_named(plugin_manager):
 
 def test_a_plugin_for_another_interface_version_is_skipped(plugin_manager):
     class Future:
-        specplug_api_version = 4
+        specplug_api_version = API_VERSION + 1
 
         @hookimpl
         def register_proposers(self, register):
             register.proposer("future", lambda context: Fixed(1))
 
     plugin_manager.register(Future(), name="future-plugin")
-    with pytest.warns(UserWarning, match="plugin 'future-plugin' is built for specplug plugin API 4; this "
-                                         "specplug speaks 3: it is skipped"):
+    with pytest.warns(UserWarning, match=f"plugin 'future-plugin' is built for specplug plugin API {API_VERSION + 1}; "
+                                         f"this specplug speaks {API_VERSION}: it is skipped"):
         registry = load_registry(plugin_manager)
     assert "future" not in registry.names("proposer")
 
@@ -266,7 +267,7 @@ def test_the_faces_name_no_proposer(module):
 
 def test_a_plugin_for_an_older_interface_that_this_one_contains_still_loads(plugin_manager):
     class Older:
-        specplug_api_version = 1  # versions 2 and 3 only added to it
+        specplug_api_version = 1  # later versions only added to what a proposer plugin uses
 
         @hookimpl
         def register_proposers(self, register):

@@ -197,12 +197,12 @@ def test_cache_bound_holds_over_many_requests():
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"max_depth": 0}, "option 'max_depth' must be >= 1 and <= 256 (got 0)"),
-    ({"min_token_prob": 1.5}, "option 'min_token_prob' must be >= 0.0 and <= 1.0 (got 1.5)"),
-    ({"max_cached_requests": 0}, "option 'max_cached_requests' must be >= 1 (got 0)"),
-    ({"max_cached_tokens": -1}, "option 'max_cached_tokens' must be >= 0"),
-    ({"max_spec_factor": "2"}, "option 'max_spec_factor' must be float (got '2')"),
-    ({"use_prompts": "yes"}, "option 'use_prompts' must be bool (got 'yes')"),
+    ({"max_depth": 0}, "option 'max_depth' must be an integer from 1 to 256 (got 0)"),
+    ({"min_token_prob": 1.5}, "option 'min_token_prob' must be a finite number from 0.0 to 1.0 (got 1.5)"),
+    ({"max_cached_requests": 0}, "option 'max_cached_requests' must be an integer >= 1 or null (got 0)"),
+    ({"max_cached_tokens": -1}, "option 'max_cached_tokens' must be an integer from 0 to"),
+    ({"max_spec_factor": "2"}, "option 'max_spec_factor' must be a finite number from 0.0 to 64.0 (got '2')"),
+    ({"use_prompts": "yes"}, "option 'use_prompts' must be true or false (got 'yes')"),
     ({"max_dept": 32}, "has no option 'max_dept' (did you mean 'max_depth'?)"),
 ])
 def test_bad_options(plugin_manager, options, message):

@@ -3,8 +3,8 @@
 ``trtllm-serve``'s YAML cannot hold a drafter object, so the drafter is built here, in Python, from the
 same config file every other engine reads. Of that file the adapter reads ``proposer``,
 ``num_speculative_tokens`` (TensorRT-LLM's ``max_draft_len``), ``adaptive_k``, ``dtype`` (of a
-proposer's own model copy) and the ``trtllm:`` section (``max_concurrency``, ``draft_len_schedule``,
-``cuda_graph_padding``); the model, batch size, context length and sampling are TensorRT-LLM's.
+proposer's own model copy) and this adapter's ``trtllm:`` section (``config.py``: ``max_concurrency``,
+``draft_len_schedule``, ``cuda_graph_padding``); the model, batch size, context length and sampling are TensorRT-LLM's.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 from specplug.config import load_config
 from specplug.models.loader import resolve_model
+from specplug_trtllm.config import TrtllmOptions
 from specplug_trtllm.drafter import Drafter
 from specplug_trtllm.install import SUPPORTED_VERSIONS, require_tensorrt_llm
 from specplug.hosting.building import EngineShape, native_method
@@ -46,9 +47,9 @@ def build_speculative_config(path: str, model: str, max_batch_size: int = 8,
         return getattr(llmapi, class_name)(**keywords), {"max_batch_size": max_batch_size}
     UserProvidedDecodingConfig = llmapi.UserProvidedDecodingConfig
 
-    trt = config.trtllm
+    trt = config.section("trtllm", TrtllmOptions)
     shape = engine_shape(model, config.num_speculative_tokens, max_batch_size, max_seq_len)
-    drafter = Drafter(path, shape, trt["max_concurrency"], trt["draft_len_schedule"], trt["cuda_graph_padding"])
+    drafter = Drafter(path, shape, trt.max_concurrency, trt.draft_len_schedule, trt.cuda_graph_padding)
     speculative = UserProvidedDecodingConfig(max_draft_len=config.num_speculative_tokens, drafter=drafter,
                                              resource_manager=None)
     # the drafter reads each request's tokens as of the last iteration: the overlap scheduler would run it

@@ -7,52 +7,88 @@ Proposer options are the keys under ``proposer:`` besides ``name``; the proposer
 from __future__ import annotations
 
 import copy
+import dataclasses
+import importlib.metadata
 import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from specplug.config.checks import (MAX_SAMPLING_SEED, MAX_SPECULATIVE_TOKENS, PluginChoice, check_adaptive_k,
-                                    check_keys, choice, integer, require, sampling_problem, speculative_tokens)
-from specplug.config.serve import SERVE_DEFAULTS, ServeConfig, StrategyConfig, parse_serve, serve_to_dict
+from specplug.config.checks import (MAX_SAMPLING_SEED, MAX_SPECULATIVE_TOKENS, PluginChoice, SamplingOptions,
+                                    adaptive_k_option, choice, k_option)
+from specplug.config.serve import SERVE_DEFAULTS, ServeConfig, ServeOptions, StrategyConfig, parse_serve, serve_to_dict
 from specplug.errors import ConfigError
 from specplug.metadata import SamplingParams
+from specplug.options import defaults, option, parse_section
 
-__all__ = ["DEFAULTS", "LINEAR_KERNELS", "MAX_SAMPLING_SEED", "MAX_SPECULATIVE_TOKENS", "SERVE_DEFAULTS", "Config",
-           "ConfigWatcher", "PluginChoice", "ServeConfig", "StrategyConfig", "config_to_dict", "load_config",
-           "validate", "with_overrides"]
+__all__ = ["DEFAULTS", "AdapterSections", "LINEAR_KERNELS", "MAX_SAMPLING_SEED", "MAX_SPECULATIVE_TOKENS", "SERVE_DEFAULTS", "Config",
+           "ConfigFile", "ConfigWatcher", "PluginChoice", "ServeConfig", "StrategyConfig", "config_to_dict",
+           "load_config", "validate", "with_overrides"]
 
 # how the embedded engine computes its linear layers (specplug/models/kernels.py): auto = measured
 LINEAR_KERNELS = ("auto", "linear", "w_x", "x_wt", "onednn")
 
-DEFAULTS: dict[str, Any] = {
-    "model": "smollm2-135m",  # HF directory, .gguf file, or alias
-    "dtype": "float32",
-    "device": "cpu",  # cpu, cuda, cuda:N, auto
-    "num_speculative_tokens": 3,  # k, as in vLLM (3: a 4-token verify costs ~15% more than one step on CPU)
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """What a config file holds: its keys, their defaults and their rules. Sections an engine adapter owns
+    (``trtllm:``) are the adapter's: see ``adapter_section``."""
+
+    model: str = option("smollm2-135m", "HF directory, .gguf file, or alias")
+    dtype: str = option("float32", "float32, bfloat16 or float16")
+    device: str = option("cpu", "cpu, cuda, cuda:N or auto")
+    # k, as in vLLM (3: a 4-token verify costs ~15% more than one step on CPU)
+    num_speculative_tokens: int = k_option(3)
     # per-row draft length from recent acceptance (k is then the upper bound); auto: each step's from
     # measured verify cost and acceptance (and the proposer's draft confidences where it states them)
-    "adaptive_k": False,
-    "proposer": {"name": "ngram"},
-    "verifier": {"name": "rejection"},
-    "sampling": {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0},
-    "max_model_len": 2048,
-    "max_new_tokens": 256,
-    "stop": [],
-    "threads": None,  # torch CPU threads; None = torch's default
-    "linear_kernel": "auto",  # auto (fastest measured on this machine, cached), linear, w_x, x_wt or onednn
-    "enforce_eager": False,  # true: never capture CUDA graphs (as in vLLM); CPU steps are always eager
-    "compile": "auto",  # torch.compile the decode/verify steps: auto (= off: see docs/benchmarks.md), on, off
-    "serve": {},  # `specplug serve` only: see SERVE_DEFAULTS and docs/serving.md
-    "trtllm": {},  # the TensorRT-LLM adapter only: see TRTLLM_DEFAULTS and docs/tensorrt-llm.md
-}
-TRTLLM_DEFAULTS: dict[str, Any] = {
-    "max_concurrency": None,  # no drafting above this many requests (TensorRT-LLM's Drafter)
-    "draft_len_schedule": None,  # {batch size threshold: draft length}, TensorRT-LLM 1.2+
-    "cuda_graph_padding": False,  # pad drafts to the static length (with TensorRT-LLM's CUDA graphs)
-}
+    adaptive_k: bool | str = adaptive_k_option(False)
+    proposer: Any = option({"name": "ngram"}, "the draft proposer: {name: ..., its options}")
+    verifier: Any = option({"name": "rejection"}, "the acceptance rule: {name: ..., its options}")
+    sampling: SamplingOptions = option(SamplingOptions, "how tokens are chosen")
+    max_model_len: int = option(2048, "context length (prompt and output)", ge=1)
+    max_new_tokens: int = option(256, "tokens generated per prompt unless a request says otherwise", ge=1)
+    stop: list[str] = option([], "stop strings", hint="one string is taken as a list of one")
+    threads: int | None = option(None, "torch CPU threads; null = torch's default", ge=1)
+    linear_kernel: str = option("auto", "auto (fastest measured on this machine, cached), linear, w_x, x_wt or onednn",
+                                choices=LINEAR_KERNELS, hint="auto measures the fastest on this machine")
+    enforce_eager: bool = option(False, "true: never capture CUDA graphs (as in vLLM); CPU steps are always eager")
+    compile: str = option("auto", "torch.compile the decode/verify steps (auto = off: see docs/benchmarks.md)",
+                          choices=("auto", "on", "off"))
+    serve: ServeOptions = option(ServeOptions, "`specplug serve` only: see docs/serving.md")
+
+    def check(self) -> str | None:
+        empty = next((key for key in ("model", "dtype", "device") if not getattr(self, key)), None)
+        return empty and f"{empty} must be a non-empty string"
+
+
+DEFAULTS: dict[str, Any] = defaults(ConfigFile)
+
+
+class AdapterSections(Mapping[str, type]):
+    """The config sections engine adapters own: entry points of group ``specplug.config_sections``, each
+    named after its section and pointing at its schema (e.g. ``trtllm = "specplug_trtllm.config:TrtllmOptions"``).
+    A schema is imported only when a config holds its section."""
+
+    GROUP = "specplug.config_sections"
+
+    def __init__(self):
+        self.entry_points = {ep.name: ep for ep in importlib.metadata.entry_points(group=self.GROUP)}
+
+    def __getitem__(self, name: str) -> type:
+        try:
+            return self.entry_points[name].load()
+        except ImportError as exc:
+            raise ConfigError(f"config section '{name}' belongs to {self.entry_points[name].value}, which does not "
+                              f"import ({exc}): reinstall the package that provides it, or remove the section") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.entry_points)
+
+    def __len__(self) -> int:
+        return len(self.entry_points)
 
 
 @dataclass(frozen=True)
@@ -73,29 +109,31 @@ class Config:
     enforce_eager: bool = False
     compile: str = "auto"
     serve: ServeConfig = field(default_factory=ServeConfig)
-    trtllm: dict[str, Any] = field(default_factory=lambda: dict(TRTLLM_DEFAULTS))
+    sections: dict[str, Any] = field(default_factory=dict)  # an adapter's section name -> its schema's instance
     source: str = "defaults"  # where it came from, for messages
 
     @property
     def seed(self) -> int | None:
         return self.sampling.seed
 
+    def section(self, name: str, schema: type) -> Any:
+        """An adapter's section: the one in the config, else ``schema``'s defaults."""
+        return self.sections.get(name) or schema()
+
 
 def config_to_dict(config: Config) -> dict[str, Any]:
     """The mapping a config file holds for ``config`` (load_config of it gives ``config`` back)."""
-    sampling = config.sampling
     return {
         "model": config.model, "dtype": config.dtype, "device": config.device,
         "num_speculative_tokens": config.num_speculative_tokens, "adaptive_k": config.adaptive_k,
         "proposer": {"name": config.proposer.name, **config.proposer.options},
         "verifier": {"name": config.verifier.name, **config.verifier.options},
-        "sampling": {"temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p,
-                     "seed": sampling.seed},
+        "sampling": dataclasses.asdict(config.sampling),
         "max_model_len": config.max_model_len, "max_new_tokens": config.max_new_tokens,
         "stop": list(config.stop), "threads": config.threads, "linear_kernel": config.linear_kernel,
         "enforce_eager": config.enforce_eager, "compile": config.compile,
         "serve": serve_to_dict(config.serve, config.proposer, config.num_speculative_tokens, config.adaptive_k),
-        "trtllm": dict(config.trtllm),
+        **{name: dataclasses.asdict(section) for name, section in config.sections.items()},
     }
 
 
@@ -166,63 +204,23 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
 
 
 def validate(data: dict[str, Any], source: str = "defaults") -> Config:
-    check_keys("", data, DEFAULTS)
-    sampling = data["sampling"]
-    require(isinstance(sampling, dict), "'sampling' must be a mapping (temperature, top_k, top_p, seed)")
-    check_keys("sampling", sampling, DEFAULTS["sampling"])
-    sampling = {**DEFAULTS["sampling"], **sampling}
-    k = speculative_tokens(data["num_speculative_tokens"], "num_speculative_tokens")
-    problem = sampling_problem(**sampling)
-    require(problem is None, f"sampling.{problem and problem[1]}")
-    for key in ("max_model_len", "max_new_tokens"):
-        require(integer(data[key]) and data[key] >= 1, f"{key} must be an integer >= 1 (got {data[key]!r})")
-    check_adaptive_k(data["adaptive_k"])
-    require(isinstance(data["enforce_eager"], bool),
-            f"enforce_eager must be true or false (got {data['enforce_eager']!r})")
-    require(data["linear_kernel"] in LINEAR_KERNELS,
-            f"linear_kernel must be one of {', '.join(LINEAR_KERNELS)} (got {data['linear_kernel']!r}); "
-            "auto measures the fastest on this machine")
-    if isinstance(data["compile"], bool):  # YAML reads a bare on/off as a boolean
+    data = dict(data)
+    if isinstance(data.get("compile"), bool):  # YAML reads a bare on/off as a boolean
         data["compile"] = "on" if data["compile"] else "off"
-    require(data["compile"] in ("auto", "on", "off"),
-            f"compile must be auto, on or off (got {data['compile']!r})")
-    require(data["threads"] is None or (integer(data["threads"]) and data["threads"] >= 1),
-            f"threads must be an integer >= 1 or null (got {data['threads']!r})")
-    stop = data["stop"]
-    stop = [stop] if isinstance(stop, str) else stop
-    require(isinstance(stop, list) and all(isinstance(s, str) for s in stop),
-            "stop must be a string or a list of strings")
-    for key in ("model", "dtype", "device"):
-        require(isinstance(data[key], str) and data[key], f"{key} must be a non-empty string")
+    if isinstance(data.get("stop"), str):
+        data["stop"] = [data["stop"]]
+    file, sections = parse_section("", ConfigFile, data, AdapterSections())
+    proposer = choice(data, "proposer", DEFAULTS["proposer"]["name"])
+    k, adaptive_k = file.num_speculative_tokens, file.adaptive_k
     return Config(
-        model=data["model"], dtype=data["dtype"], device=data["device"], num_speculative_tokens=k,
-        adaptive_k=data["adaptive_k"],
-        proposer=choice(data, "proposer", DEFAULTS["proposer"]["name"]),
-        verifier=choice(data, "verifier", DEFAULTS["verifier"]["name"]),
-        sampling=SamplingParams(float(sampling["temperature"]), sampling["top_k"], float(sampling["top_p"]),
-                                sampling["seed"]),
-        max_model_len=data["max_model_len"], max_new_tokens=data["max_new_tokens"], stop=tuple(stop),
-        threads=data["threads"], linear_kernel=data["linear_kernel"], enforce_eager=data["enforce_eager"],
-        compile=data["compile"], serve=parse_serve(data, k), trtllm=parse_trtllm(data["trtllm"]), source=source,
+        model=file.model, dtype=file.dtype, device=file.device, num_speculative_tokens=k, adaptive_k=adaptive_k,
+        proposer=proposer, verifier=choice(data, "verifier", DEFAULTS["verifier"]["name"]),
+        sampling=SamplingParams(**dataclasses.asdict(file.sampling)),
+        max_model_len=file.max_model_len, max_new_tokens=file.max_new_tokens, stop=tuple(file.stop),
+        threads=file.threads, linear_kernel=file.linear_kernel, enforce_eager=file.enforce_eager,
+        compile=file.compile, serve=parse_serve(file.serve, proposer, k, adaptive_k), sections=sections,
+        source=source,
     )
-
-
-def parse_trtllm(section: Any) -> dict[str, Any]:
-    require(isinstance(section, dict), "trtllm must be a mapping (max_concurrency, draft_len_schedule, "
-                                       "cuda_graph_padding)")
-    check_keys("trtllm", section, TRTLLM_DEFAULTS)
-    data = {**TRTLLM_DEFAULTS, **section}
-    limit = data["max_concurrency"]
-    require(limit is None or (integer(limit) and limit >= 1),
-            f"trtllm.max_concurrency must be an integer >= 1 or null (got {limit!r})")
-    schedule = data["draft_len_schedule"]
-    require(schedule is None or (isinstance(schedule, dict) and schedule and all(
-        integer(b) and b >= 1 and integer(n) and n >= 0 for b, n in schedule.items())),
-            f"trtllm.draft_len_schedule must map batch sizes (>= 1) to draft lengths (>= 0), e.g. "
-            f"{{1: 4, 8: 2, 32: 0}}; got {schedule!r}")
-    require(isinstance(data["cuda_graph_padding"], bool),
-            f"trtllm.cuda_graph_padding must be true or false (got {data['cuda_graph_padding']!r})")
-    return data
 
 
 def with_overrides(config: Config, overrides: dict[str, Any], source: str) -> Config:

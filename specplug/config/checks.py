@@ -1,15 +1,16 @@
-"""Small checks shared by the config's sections: each raises ConfigError with one line naming the fix."""
+"""What the config's sections share: the plugin choice, the sampling rules and one-line checks."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from specplug.errors import ConfigError, closest
+from specplug.errors import ConfigError
+from specplug.options import option, parse_section
 
 MAX_SPECULATIVE_TOKENS = 64
 MAX_SAMPLING_SEED = 2**63 - 1  # torch generators take seeds below 2**64; one range for every entry point
+PLAIN_DECODING = "use proposer: {name: none} for plain decoding"
 
 
 @dataclass(frozen=True)
@@ -18,17 +19,34 @@ class PluginChoice:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class SamplingOptions:
+    """The one set of sampling rules: the config's ``sampling`` section, every server request and a
+    prompts file's ``"seed"`` are checked against it."""
+
+    temperature: float = option(0.0, "softmax temperature", ge=0, hint="0 means greedy")
+    top_k: int = option(0, "keep the k most likely tokens", ge=0, hint="0 turns it off")
+    top_p: float = option(1.0, "keep the most likely tokens up to this probability", gt=0, le=1,
+                          hint="1 turns it off")
+    seed: int | None = option(0, "the run's seed (each request draws its own stream from it)", ge=0,
+                              le=MAX_SAMPLING_SEED)
+
+
+def sampling_problem(temperature: Any = 0.0, top_k: Any = 0, top_p: Any = 1.0,
+                     seed: Any = None) -> tuple[str, str] | None:
+    """The first sampling value that breaks a rule, as (field, one-line message), or None."""
+    for name, value in {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}.items():
+        try:
+            parse_section("", SamplingOptions, {name: value})
+        except ConfigError as exc:
+            return name, str(exc)
+    return None
+
+
 def require(condition: bool, message: str) -> None:
+    """For rules across sections, which no one schema can state."""
     if not condition:
         raise ConfigError(message)
-
-
-def check_keys(section: str, given: dict[str, Any], known: dict[str, Any]) -> None:
-    for key in given:
-        if key not in known:
-            where = f"'{section}.{key}'" if section else f"'{key}'"
-            raise ConfigError(f"unknown config key {where}{closest(key, known)}; "
-                              f"known keys: {', '.join(known)}")
 
 
 def choice(data: dict[str, Any], key: str, example: str = "ngram") -> PluginChoice:
@@ -41,47 +59,13 @@ def choice(data: dict[str, Any], key: str, example: str = "ngram") -> PluginChoi
     return PluginChoice(value["name"], options)
 
 
-def integer(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def k_option(default: int | None, help: str = "draft length bound (k, as in vLLM)") -> Any:
+    """A num_speculative_tokens field: k, the draft length bound, as in vLLM."""
+    return option(default, help, ge=1, le=MAX_SPECULATIVE_TOKENS, hint=PLAIN_DECODING)
 
 
-def speculative_tokens(k: Any, key: str) -> int:
-    require(integer(k) and 1 <= k <= MAX_SPECULATIVE_TOKENS,
-            f"{key} must be an integer from 1 to {MAX_SPECULATIVE_TOKENS} (got {k!r}); "
-            "use proposer: {name: none} for plain decoding")
-    return k
-
-
-def check_adaptive_k(value: Any, where: str = "adaptive_k") -> bool | str:
-    """false (fixed k), true (per-row heuristic) or auto (measured cost and acceptance)."""
-    require(isinstance(value, bool) or value == "auto",
-            f"{where} must be true, false or auto (got {value!r}); auto chooses each step's draft length "
-            "from this machine's measured verify cost and the acceptance seen so far")
-    return value
-
-
-def finite(value: Any) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an integer beyond float range
-        return False
-
-
-def sampling_problem(temperature: Any = 0.0, top_k: Any = 0, top_p: Any = 1.0,
-                     seed: Any = None) -> tuple[str, str] | None:
-    """The first sampling value that breaks a rule, as (field, one-line message), or None.
-
-    The one set of sampling rules: the config's ``sampling`` section, every server request and a prompts
-    file's ``"seed"`` are checked by it.
-    """
-    if not (finite(temperature) and temperature >= 0):
-        return "temperature", f"temperature must be a number >= 0 and finite (got {temperature!r}); 0 means greedy"
-    if not (integer(top_k) and top_k >= 0):
-        return "top_k", f"top_k must be an integer >= 0 (got {top_k!r}); 0 turns it off"
-    if not (finite(top_p) and 0 < top_p <= 1):
-        return "top_p", f"top_p must be in (0, 1] (got {top_p!r}); 1 turns it off"
-    if not (seed is None or (integer(seed) and 0 <= seed <= MAX_SAMPLING_SEED)):
-        return "seed", f"seed must be an integer from 0 to {MAX_SAMPLING_SEED} or null (got {seed!r})"
-    return None
+def adaptive_k_option(default: bool | str | None) -> Any:
+    """An adaptive_k field: false (fixed k), true (per-row heuristic) or auto (measured cost and acceptance)."""
+    return option(default, "per-row draft length", choices=(False, True, "auto"),
+                  hint="auto chooses each step's draft length from this machine's measured verify cost and the "
+                       "acceptance seen so far")

@@ -5,25 +5,54 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from specplug.config.checks import (PluginChoice, check_adaptive_k, check_keys, choice, integer, require,
-                                   speculative_tokens)
+from specplug.config.checks import PluginChoice, adaptive_k_option, choice, k_option, require
 from specplug.errors import closest
+from specplug.options import defaults, option, parse_section
 
-SERVE_DEFAULTS: dict[str, Any] = {
-    "max_batch_size": 8,  # rows decoded together; later requests wait
-    "served_model_name": None,  # the model name clients see (default: `model`)
-    # name -> {proposer, num_speculative_tokens, adaptive_k}; the top-level proposer is always one
-    # (named after it), and `none` (plain decoding) always exists
-    "strategies": {},
-    "default_strategy": None,  # a strategy name or `auto` (default: the top-level proposer's)
-    "auto": {"strategy": None, "explore": 0.05},  # the strategy whose proposer auto drives (default: top-level)
-    "max_num_speculative_tokens": None,  # verify width bound for live swaps (default: the largest configured k)
-    "drain_timeout_s": 30.0,  # on SIGTERM, how long in-flight requests may finish
-    "sagemaker_stream": "jsonlines",  # /invocations streaming: jsonlines (LMI's default) or sse
-    "api_key": None,  # clients of the inference routes must send it as a bearer token (else SPECPLUG_API_KEY)
-    "max_request_bytes": 2_000_000,  # larger request bodies are refused with 413 before they are read (TGI's)
-}
-STRATEGY_KEYS = {"proposer": None, "num_speculative_tokens": None, "adaptive_k": None}
+
+@dataclass(frozen=True)
+class AutoOptions:
+    strategy: str | None = option(None, "the strategy whose proposer auto drives (default: the top-level one)")
+    explore: float = option(0.05, "share of steps on which auto tries a draft it would not choose", ge=0, lt=1)
+
+
+@dataclass(frozen=True)
+class StrategyOptions:
+    proposer: Any = option(help="e.g. proposer: {name: ngram}")
+    num_speculative_tokens: int | None = k_option(None)  # default: the top-level one
+    adaptive_k: bool | str | None = adaptive_k_option(None)  # default: the top-level one
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    max_batch_size: int = option(8, "rows decoded together; later requests wait", ge=1)
+    served_model_name: str | None = option(None, "the model name clients see (default: `model`)")
+    strategies: dict[Any, Any] = option({}, "name -> {proposer, num_speculative_tokens, adaptive_k}; the top-level "
+                                            "proposer is always one (named after it), and `none` always exists")
+    default_strategy: str | None = option(None, "a strategy name or `auto` (default: the top-level proposer's)")
+    auto: AutoOptions = option(AutoOptions, "how `auto` drives its strategy")
+    max_num_speculative_tokens: int | None = k_option(None, "verify width bound for live swaps (default: the "
+                                                            "largest configured k)")
+    drain_timeout_s: float = option(30.0, "on SIGTERM, how long in-flight requests may finish (seconds)", ge=0)
+    sagemaker_stream: str = option("jsonlines", "/invocations streaming: jsonlines (LMI's default) or sse",
+                                   choices=("jsonlines", "sse"))
+    api_key: str | None = option(None, "clients of the inference routes must send it as a bearer token (else "
+                                       "SPECPLUG_API_KEY)", secret=True)
+    max_request_bytes: int = option(2_000_000, "larger request bodies are refused with 413 before they are read",
+                                    ge=1024)
+
+    def check(self) -> str | None:
+        if self.served_model_name == "":
+            return "serve.served_model_name must be a non-empty string"
+        key = self.api_key
+        if key is not None and not (key.strip() and key.isprintable()):
+            return "serve.api_key must be a non-empty string of printable characters (its value is not shown)"
+        if "auto" in self.strategies:
+            return "serve.strategies: 'auto' is reserved; configure it under serve.auto"
+        return None
+
+
+SERVE_DEFAULTS: dict[str, Any] = defaults(ServeOptions)
 
 
 @dataclass(frozen=True)
@@ -48,69 +77,36 @@ class ServeConfig:
     max_request_bytes: int = 2_000_000
 
 
-def parse_serve(data: dict[str, Any], k: int) -> ServeConfig:
-    """The ``serve`` section of a merged config mapping ``data`` whose top-level k is ``k``."""
-    serve = data["serve"] or {}
-    require(isinstance(serve, dict), "'serve' must be a mapping (see docs/serving.md)")
-    check_keys("serve", serve, SERVE_DEFAULTS)
-    serve = {**SERVE_DEFAULTS, **serve}
-    auto = serve["auto"] or {}
-    require(isinstance(auto, dict), "serve.auto must be a mapping (strategy, explore)")
-    check_keys("serve.auto", auto, SERVE_DEFAULTS["auto"])
-    auto = {**SERVE_DEFAULTS["auto"], **auto}
-    top = choice(data, "proposer")
-    strategies = {top.name: StrategyConfig(top, k, data["adaptive_k"]),
-                  "none": StrategyConfig(PluginChoice("none"), 1, False)}
-    require(isinstance(serve["strategies"], dict),
-            "serve.strategies must map names to {proposer, num_speculative_tokens}")
-    for name, entry in serve["strategies"].items():
-        strategies[str(name)] = strategy_config(f"serve.strategies.{name}", entry, k, data["adaptive_k"])
-    require("auto" not in serve["strategies"], "serve.strategies: 'auto' is reserved; configure it under serve.auto")
-    auto_strategy = auto["strategy"] or (top.name if top.name != "none" else None)
+def parse_serve(serve: ServeOptions, top: PluginChoice, k: int, adaptive_k: bool | str) -> ServeConfig:
+    """The ``serve`` section, checked by its schema, with what it derives from the top-level keys
+    (``top`` proposer, its ``k`` and ``adaptive_k``): the strategies, the default, auto's and the bound."""
+    strategies = {top.name: StrategyConfig(top, k, adaptive_k), "none": StrategyConfig(PluginChoice("none"), 1, False)}
+    for name, entry in serve.strategies.items():
+        strategies[str(name)] = strategy_config(f"serve.strategies.{name}", entry, k, adaptive_k)
+    auto_strategy = serve.auto.strategy or (top.name if top.name != "none" else None)
     require(auto_strategy is None or auto_strategy in strategies,
             f"serve.auto.strategy '{auto_strategy}' is not a configured strategy"
             f"{closest(str(auto_strategy), strategies)}")
-    default = serve["default_strategy"] or top.name
+    default = serve.default_strategy or top.name
     known = [*strategies, *(["auto"] if auto_strategy else [])]
     require(default in known, f"serve.default_strategy '{default}' is not a configured strategy"
                                f"{closest(str(default), known)}; known: {', '.join(known)}")
-    explore = auto["explore"]
-    require(isinstance(explore, (int, float)) and not isinstance(explore, bool) and 0 <= explore < 1,
-            f"serve.auto.explore must be a number in [0, 1) (got {explore!r})")
     widest = max(s.num_speculative_tokens for s in strategies.values())
-    bound = serve["max_num_speculative_tokens"] or widest
-    speculative_tokens(bound, "serve.max_num_speculative_tokens")
+    bound = serve.max_num_speculative_tokens or widest
     require(bound >= widest, f"serve.max_num_speculative_tokens ({bound}) is below a configured strategy's "
                               f"num_speculative_tokens ({widest})")
-    require(integer(serve["max_batch_size"]) and serve["max_batch_size"] >= 1,
-            f"serve.max_batch_size must be an integer >= 1 (got {serve['max_batch_size']!r})")
-    drain = serve["drain_timeout_s"]
-    require(isinstance(drain, (int, float)) and not isinstance(drain, bool) and drain >= 0,
-            f"serve.drain_timeout_s must be a number of seconds >= 0 (got {drain!r})")
-    require(serve["sagemaker_stream"] in ("jsonlines", "sse"),
-            f"serve.sagemaker_stream must be jsonlines or sse (got {serve['sagemaker_stream']!r})")
-    name = serve["served_model_name"]
-    require(name is None or (isinstance(name, str) and name), "serve.served_model_name must be a non-empty string")
-    key = serve["api_key"]
-    require(key is None or (isinstance(key, str) and key.strip() and key.isprintable()),
-            "serve.api_key must be a non-empty string of printable characters (its value is not shown)")
-    limit = serve["max_request_bytes"]
-    require(integer(limit) and limit >= 1024,
-            f"serve.max_request_bytes must be an integer >= 1024 (got {limit!r})")
-    return ServeConfig(serve["max_batch_size"], name, strategies, default, auto_strategy, float(explore), bound,
-                       float(drain), serve["sagemaker_stream"], key, limit)
+    return ServeConfig(serve.max_batch_size, serve.served_model_name, strategies, default, auto_strategy,
+                       serve.auto.explore, bound, serve.drain_timeout_s, serve.sagemaker_stream, serve.api_key,
+                       serve.max_request_bytes)
 
 
 def strategy_config(where: str, entry: Any, k: int, adaptive_k: bool | str) -> StrategyConfig:
     if isinstance(entry, str):
         entry = {"proposer": entry}
-    require(isinstance(entry, dict),
-            f"{where} must be a mapping: {{proposer: {{name: ...}}, num_speculative_tokens: N}}")
-    check_keys(where, entry, STRATEGY_KEYS)
-    require("proposer" in entry, f"{where} needs a proposer, e.g. proposer: {{name: ngram}}")
-    proposer = choice({"proposer": entry["proposer"]}, "proposer")
-    strategy_k = speculative_tokens(entry.get("num_speculative_tokens", k), f"{where}.num_speculative_tokens")
-    adaptive = check_adaptive_k(entry.get("adaptive_k", adaptive_k), f"{where}.adaptive_k")
+    options, _ = parse_section(where, StrategyOptions, entry)
+    proposer = choice({"proposer": options.proposer}, "proposer")
+    strategy_k = k if options.num_speculative_tokens is None else options.num_speculative_tokens
+    adaptive = adaptive_k if options.adaptive_k is None else options.adaptive_k
     return StrategyConfig(proposer, strategy_k, adaptive)
 
 

@@ -53,8 +53,8 @@ class StrategyBuilder:
         self.keeps_draft_probs = keeps_draft_probs  # the engine verifies with the drafts' probabilities
         self.packed = packed  # the engine verifies each row's own tokens (no padding to the widest row)
 
-    def table(self, config: Config) -> StrategyTable:
-        return build_table(config, functools.partial(self.strategy, config))
+    def table(self, config: Config, previous: StrategyTable | None = None) -> StrategyTable:
+        return build_table(config, functools.partial(self.strategy, config), previous)
 
     def strategy(self, config: Config, name: str, entry: StrategyConfig) -> Strategy:
         k, choice = entry.num_speculative_tokens, entry.proposer

@@ -2,7 +2,8 @@
 
 A new config is built whole (every strategy started) before anything changes; one that fails to load or
 to build is refused, and the table that was serving keeps serving. Rows in flight then move to the new
-table's strategy of the same name (``strategy.hand_over``), which the host does between two steps.
+table's strategy of the same name (``strategy.hand_over``), which the host does between two steps. A
+strategy the new config leaves as it was is kept, object and all (``strategy.build_table``).
 """
 
 from __future__ import annotations
@@ -15,17 +16,20 @@ from specplug.config import Config, ConfigWatcher, load_config
 from specplug.errors import ConfigError, SpecplugError
 from specplug.hosting.strategy import StrategyTable
 
+# a host's table builder: (config, the table serving now, whose unchanged strategies it keeps) -> table
+Build = Callable[[Config, StrategyTable | None], StrategyTable]
+
 
 class LiveTable:
-    def __init__(self, build: Callable[[Config], StrategyTable], config: Config, path: str | None = None,
+    def __init__(self, build: Build, config: Config, path: str | None = None,
                  overrides: Sequence[str] = (), watcher: ConfigWatcher | None = None):
         self.build, self.path, self.overrides = build, path, list(overrides)
         self.watcher = watcher
-        self.table = build(config)
+        self.table = build(config, None)
         self.swaps: Counter[str] = Counter()  # "applied" / "refused"
 
     @classmethod
-    def from_file(cls, build: Callable[[Config], StrategyTable], path: str | None,
+    def from_file(cls, build: Build, path: str | None,
                   overrides: Sequence[str] = ()) -> "LiveTable":
         """The table of the config at ``path`` (None: ``$SPECPLUG_CONFIG``, else the defaults), watched."""
         watcher = ConfigWatcher(path) if path else None  # before the file is read: no change is missed
@@ -38,7 +42,7 @@ class LiveTable:
     def swap(self, config: Config) -> StrategyTable:
         """Make ``config`` live, or raise ConfigError (counted) and keep the current table."""
         try:
-            table = self.build(config)
+            table = self.build(config, self.table)
         except SpecplugError as exc:
             self.refuse(config.source, exc)
         self.table = table

@@ -43,6 +43,7 @@ class Strategy:
     adaptive_k: bool = False  # per-row budget from the row's own acceptance (HF's heuristic)
     policy: DraftPolicy | None = None  # when set (auto), it chooses the budgets instead
     source: str = "direct"  # the config file it was built from
+    recipe: tuple = ()  # what it was built from (``recipe``): a swap that leaves it alone keeps this object
 
     def __repr__(self) -> str:
         return f"Strategy({self.name!r}, k={self.k})"
@@ -75,16 +76,29 @@ class StrategyTable:
 MakeStrategy = Callable[[str, StrategyConfig], Strategy]
 
 
-def build_table(config: Config, make: MakeStrategy) -> StrategyTable:
+def recipe(config: Config, entry: StrategyConfig) -> tuple:
+    """Everything of ``config`` a strategy is built from: equal recipes build equal strategies."""
+    explore = config.serve.auto_explore if entry.adaptive_k == "auto" else None
+    return entry, config.dtype, config.max_model_len, config.enforce_eager, explore
+
+
+def build_table(config: Config, make: MakeStrategy, previous: StrategyTable | None = None) -> StrategyTable:
     """Every strategy ``config`` names, each made by the host's ``make`` (which knows its engine); one that
-    fails to start (a third-party factory may raise anything) refuses the whole config."""
+    fails to start (a third-party factory may raise anything) refuses the whole config. A strategy of the
+    ``previous`` table with the same name and recipe is kept as it is: its proposer's state, its rows'
+    budgets and auto's measurements live on, and a seeded request in flight draws as it would have."""
     serve = config.serve
     entries = dict(serve.strategies)
     if serve.auto_strategy is not None:
         auto = serve.strategies[serve.auto_strategy]
         entries["auto"] = StrategyConfig(auto.proposer, auto.num_speculative_tokens, "auto")
+    kept = previous.strategies if previous is not None else {}
     table = {}
     for name, entry in entries.items():
+        wanted = recipe(config, entry)
+        if name in kept and kept[name].recipe == wanted:
+            table[name] = kept[name]
+            continue
         try:
             table[name] = make(name, entry)
         except SpecplugError:
@@ -92,16 +106,19 @@ def build_table(config: Config, make: MakeStrategy) -> StrategyTable:
         except Exception as exc:
             raise ConfigError(f"strategy '{name}': proposer '{entry.proposer.name}' failed to start ({cause(exc)})") \
                 from None
+        table[name].recipe = wanted
     return StrategyTable(table, serve.default_strategy, config)
 
 
 def hand_over(rows: Iterable, table: StrategyTable, release: Callable) -> int:
     """A swap: each row in flight goes on with the new table's default, or, when its request named its
     strategy, with the new table's strategy of that name (else the default); released from the old proposer
-    first, its budget reset. How many rows moved."""
+    first, its budget reset. A row whose strategy the swap kept is left alone. How many rows moved."""
     moved = 0
     for row in rows:
         new = table.strategies.get(row.strategy.name, table.default) if row.named else table.default
+        if new is row.strategy:
+            continue
         release(row)
         row.strategy, row.k, row.num_draft, row.plain = new, new.k, 0, False
         moved += 1

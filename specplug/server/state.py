@@ -77,9 +77,9 @@ class Server:
         return None if name is None else self.live.table.pick(name)
 
     # ---- building and swapping ------------------------------------------------------------------
-    def _build(self, config: Config) -> StrategyTable:
+    def _build(self, config: Config, previous: StrategyTable | None) -> StrategyTable:
         self._check_fixed(config)
-        return build_table(config, self.llm.strategy_maker(config))
+        return build_table(config, self.llm.strategy_maker(config), previous)
 
     def _check_fixed(self, config: Config) -> None:
         changed = [key for key in FIXED_KEYS if getattr(config, key) != getattr(self.started_with, key)]
