@@ -9,7 +9,8 @@ from specplug.errors import SpecplugError
 
 
 def add_config_args(parser: argparse.ArgumentParser, max_new_tokens: bool = True) -> None:
-    parser.add_argument("--config", help="YAML/JSON config file (default: $SPECPLUG_CONFIG, else built-in defaults)")
+    parser.add_argument("--config", help="YAML/JSON config file, or the name of one that ships with specplug (ngram, suffix, "
+                        "eagle3, ...; default: $SPECPLUG_CONFIG, else built-in defaults)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (dotted, e.g. proposer.name=none); repeatable")
     if max_new_tokens:

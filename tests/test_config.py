@@ -168,3 +168,20 @@ def test_a_third_party_engine_adds_its_section_by_entry_point(monkeypatch):
     with pytest.raises(ConfigError, match="config section 'gone' belongs to not_installed_adapter:Options, which "
                                           "does not import .*: reinstall the package that provides it"):
         load_config(overrides=["gone.x=1"])
+
+
+def test_the_configs_that_ship_are_found_by_name_from_anywhere(tmp_path, monkeypatch):
+    from specplug.config import PACKAGED_CONFIGS, packaged_configs
+
+    shipped = sorted(p.stem for p in (PACKAGED_CONFIGS.parents[1] / "configs").glob("*.yaml"))
+    assert packaged_configs() == shipped and "ngram" in shipped  # specplug/configs is configs/
+    by_path = load_config(str(PACKAGED_CONFIGS.parents[1] / "configs" / "ngram.yaml"))
+    monkeypatch.chdir(tmp_path)
+    for name in ("ngram", "ngram.yaml"):
+        found = load_config(name)
+        assert dataclasses.replace(found, source=by_path.source) == by_path
+    (tmp_path / "ngram.yaml").write_text("num_speculative_tokens: 5\n")  # a file of that name wins
+    assert load_config("ngram.yaml").num_speculative_tokens == 5
+    with pytest.raises(ConfigError, match="config file 'ngarm' not found \\(ready-made ones ship with specplug: "
+                                          "--config .*ngram"):
+        load_config("ngarm")

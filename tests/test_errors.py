@@ -144,8 +144,10 @@ def test_a_missing_path_keeps_its_message(tmp_path):
 # --- config and prompts files ---
 
 def test_a_directory_as_config_file(tmp_path, capsys):
+    from specplug.config import packaged_configs
+
     message = (f"config file '{tmp_path}' is a directory, not a file: point --config (or SPECPLUG_CONFIG) at a "
-               "YAML or JSON file (see configs/ for ready-made ones)")
+               f"YAML or JSON file (ready-made ones ship with specplug: --config {' | '.join(packaged_configs())})")
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path)
     assert str(info.value) == message

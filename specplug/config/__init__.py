@@ -150,12 +150,31 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
     return validate(data, source=str(path) if path else "defaults")
 
 
+PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # configs/, shipped in the wheel
+
+
+def packaged_configs() -> list[str]:
+    """The names of the configs that ship with specplug (``--config ngram``)."""
+    return sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml"))
+
+
+def find_config(path: Path) -> Path:
+    """``path`` itself where it exists or names a directory; else a bare name (``ngram``, ``ngram.yaml``) of a
+    config that ships with specplug."""
+    if path.exists() or path.parent != Path("."):
+        return path
+    packaged = PACKAGED_CONFIGS / (path.name if path.suffix else f"{path.name}.yaml")
+    return packaged if packaged.is_file() else path
+
+
 def read_config_file(path: Path) -> dict[str, Any]:
+    ready = f"ready-made ones ship with specplug: --config {' | '.join(packaged_configs())}"
     if path.is_dir():
         raise ConfigError(f"config file '{path}' is a directory, not a file: point --config (or SPECPLUG_CONFIG) "
-                          "at a YAML or JSON file (see configs/ for ready-made ones)")
+                          f"at a YAML or JSON file ({ready})")
+    path = find_config(path)
     if not path.is_file():
-        raise ConfigError(f"config file '{path}' not found (see configs/ for ready-made ones)")
+        raise ConfigError(f"config file '{path}' not found ({ready})")
     try:
         loaded = yaml.safe_load(_utf8_text(path)) or {}
     except yaml.YAMLError as exc:
