@@ -126,10 +126,10 @@ def test_config_takes_auto_and_refuses_other_words(tmp_path):
     path.write_text("adaptive_k: auto\n")
     assert load_config(str(path)).adaptive_k == "auto"
     path.write_text("adaptive_k: sometimes\n")
-    with pytest.raises(ConfigError, match="adaptive_k must be true, false or auto \\(got 'sometimes'\\)"):
+    with pytest.raises(ConfigError, match="adaptive_k must be one of false, true, auto \\(got 'sometimes'\\)"):
         load_config(str(path))
     path.write_text("serve: {strategies: {fast: {proposer: ngram, adaptive_k: 3}}}\n")
-    with pytest.raises(ConfigError, match="serve.strategies.fast.adaptive_k must be true, false or auto"):
+    with pytest.raises(ConfigError, match="serve.strategies.fast.adaptive_k must be one of false, true, auto"):
         load_config(str(path))
 
 
