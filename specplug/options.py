@@ -18,6 +18,7 @@ types, ranges and choices. Each returns the schema's instance.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -63,7 +64,7 @@ class OptionInfo:
 
 def describe(schema: type) -> list[OptionInfo]:
     """Each option's name, type, default and help, for `specplug plugins`."""
-    hints = typing.get_type_hints(schema)
+    hints = _hints(schema)
     infos = []
     for f in dataclasses.fields(schema):
         required = _required(f)
@@ -158,7 +159,7 @@ def _parse(names: _PluginNames | _SectionNames, schema: type, given: Any, also: 
     for key in given:
         if key not in fields:
             raise ConfigError(names.unknown(str(key), [*fields, *also]))
-    hints = typing.get_type_hints(schema)
+    hints = _hints(schema)
     values = {}
     for name, f in fields.items():
         if name in given:
@@ -171,6 +172,12 @@ def _parse(names: _PluginNames | _SectionNames, schema: type, given: Any, also: 
     if problem:
         raise ConfigError(names.rule(problem))
     return instance
+
+
+@functools.cache
+def _hints(schema: type) -> dict[str, Any]:
+    """A schema's resolved field types, once per schema: every server request checks its sampling fields."""
+    return typing.get_type_hints(schema)
 
 
 def value_kind(value: Any) -> str:

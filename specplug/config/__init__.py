@@ -24,8 +24,8 @@ from specplug.errors import ConfigError
 from specplug.metadata import SamplingParams
 from specplug.options import defaults, option, parse_section
 
-__all__ = ["DEFAULTS", "AdapterSections", "LINEAR_KERNELS", "MAX_SAMPLING_SEED", "MAX_SPECULATIVE_TOKENS", "SERVE_DEFAULTS", "Config",
-           "ConfigFile", "ConfigWatcher", "PluginChoice", "ServeConfig", "StrategyConfig", "config_to_dict",
+__all__ = ["DEFAULTS", "AdapterSections", "LINEAR_KERNELS", "MAX_SAMPLING_SEED", "MAX_SPECULATIVE_TOKENS",
+           "SERVE_DEFAULTS", "Config", "ConfigFile", "ConfigWatcher", "PluginChoice", "ServeConfig", "StrategyConfig", "config_to_dict",
            "load_config", "validate", "with_overrides"]
 
 # how the embedded engine computes its linear layers (specplug/models/kernels.py): auto = measured
@@ -35,7 +35,7 @@ LINEAR_KERNELS = ("auto", "linear", "w_x", "x_wt", "onednn")
 @dataclass(frozen=True)
 class ConfigFile:
     """What a config file holds: its keys, their defaults and their rules. Sections an engine adapter owns
-    (``trtllm:``) are the adapter's: see ``adapter_section``."""
+    (``trtllm:``) are the adapter's: see ``AdapterSections``."""
 
     model: str = option("smollm2-135m", "HF directory, .gguf file, or alias")
     dtype: str = option("float32", "float32, bfloat16 or float16")
