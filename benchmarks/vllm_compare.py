@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -106,7 +107,8 @@ def measure(llms, requests_by_file, rounds: int, max_tokens: int, modes: list[st
                     after = spec_counters(llm)
                     reference = reference or outputs  # the first engine's (plain, when chosen)
                     t = totals.setdefault((file, mode, label), {"tokens": 0, "seconds": 0.0, "drafted": 0.0,
-                                                                "accepted": 0.0, "differing": 0})
+                                                                "accepted": 0.0, "differing": 0, "rates": []})
+                    t["rates"].append(sum(map(len, outputs)) / seconds)
                     t["tokens"] += sum(map(len, outputs))
                     t["seconds"] += seconds
                     t["drafted"] += after[0] - before[0]
@@ -119,6 +121,9 @@ def measure(llms, requests_by_file, rounds: int, max_tokens: int, modes: list[st
         rows.append({"prompts": file, "mode": mode, "engine": label, "tokens": t["tokens"],
                      "tokens_per_second": round(rate, 2),
                      "vs_plain": round(rate / (plain["tokens"] / plain["seconds"]), 3) if plain else None,
+                     "vs_plain_by_round": [round(r / p, 3) for r, p in zip(t["rates"], plain["rates"])] if plain else None,
+                     "vs_plain_median": round(statistics.median(r / p for r, p in zip(t["rates"], plain["rates"])), 3)
+                     if plain else None,
                      "acceptance": round(t["accepted"] / t["drafted"], 3) if t["drafted"] else None,
                      "requests_differing_from_plain": t["differing"]})
     return rows

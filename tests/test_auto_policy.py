@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from specplug.config import load_config
-from specplug.hosting.auto import AutoDraftLength, Calibration
+from specplug.hosting.auto import AutoDraftLength, Calibration, assumed_prior
 from specplug.errors import ConfigError, SpecplugError
 from specplug.metadata import Draft, DraftRequest
 from specplug.proposers.base import check_drafts
@@ -75,6 +75,38 @@ def test_token_costs_share_what_one_token_count_measured_with_its_neighbours():
     assert costs.seconds(32) == pytest.approx(1.0 * 0.042)  # between them: the correction interpolated
     assert costs.seconds(64) == pytest.approx(0.087 + 16 * (0.087 - 0.013) / 32)  # past them: the measured line
     assert costs.seconds(8) == pytest.approx(0.5 * 0.018)  # below them: the nearest correction
+
+
+# what auto had measured inside vLLM, 8 rows of open-ended text (AMD EPYC, 2026-12-02): the 9-token count,
+# measured a few times, read cheaper than the 8 tokens of every plain step; each token costs about 3.4 ms
+VLLM_STEP_MS = {8: 77.0, 9: 74.0, 16: 108.0, 24: 133.0, 32: 159.0}
+
+
+def vllm_costs():
+    from specplug.hosting.step_costs import TokenCosts
+
+    costs = TokenCosts(assumed_prior(32))
+    for tokens, ms in VLLM_STEP_MS.items():
+        for _ in range(20 if tokens == 8 else 2):
+            costs.observe(tokens, ms / 1000)
+    return costs
+
+
+def test_a_draft_token_is_never_free_where_its_count_measured_cheaper_than_the_one_below():
+    costs = vllm_costs()
+    assert costs.seconds(9) < costs.seconds(8)  # what was measured, noise and all
+    assert costs.seconds(9, base=8) - costs.seconds(8) == pytest.approx(0.0034, abs=0.0006)  # the fitted slope
+    assert costs.seconds(32) == pytest.approx(0.159) and costs.seconds(32, base=8) >= costs.seconds(32)  # never less
+
+
+def test_rows_that_rarely_keep_a_draft_draft_nothing_where_a_token_costs_a_twentieth_of_a_step():
+    auto = AutoDraftLength(3, assumed_prior(32), explore=0.0, packed=True)
+    auto.token_costs = vllm_costs()
+    rows = [Row(i) for i in range(8)]
+    for _ in range(30):  # each row keeps a draft token one time in six
+        auto.observe(rows, [Draft([1])] * 8, [1, 0, 0, 0, 0, 0, 0, 0], 8, 2, 0.0, 0.0)
+        rows = rows[1:] + rows[:1]
+    assert auto.plan(rows, 8, 1) == [0] * 8
 
 
 def test_packed_hosts_give_each_row_its_own_budget():

@@ -286,7 +286,11 @@ def test_auto_learns_each_steps_cost_from_the_time_between_calls(vllm_config, tm
             now[0] += seconds_by_width[1 + len(draft)]  # vLLM's step: verify the draft
             sampled = (draft if accepts else []) + [REPEATING[(len(tokens) + len(draft)) % 4] if accepts else 1]
             tokens = tokens + sampled
-        assert proposer.stats.of("ngram").auto_widths  # what it chose is counted (the default: adaptive_k auto)
+        counters = proposer.stats.of("ngram")
+        assert counters.auto_widths  # what it chose is counted (the default: adaptive_k auto)
+        # what it believes a step of one row costs, by tokens verified: what such steps took here
+        assert counters.auto_step_ms and all(ms == pytest.approx(1000 * seconds_by_width[int(tokens)])
+                                             for tokens, ms in counters.auto_step_ms.items())
         return widths
 
     assert run({1: 0.02, 2: 0.05, 3: 0.07, 4: 0.09}, accepts=False, steps=30)[-10:] == [1] * 10
@@ -310,6 +314,6 @@ def test_stats_file_holds_the_strategies_swaps_and_rejections(vllm_config, tmp_p
     stats = json.loads((tmp_path / f"stats-{os.getpid()}.json").read_text())
     assert stats["strategies"]["ngram"] == {
         "num_drafts": 1, "num_draft_tokens": 3, "num_accepted_tokens": 3, "num_accepted_tokens_per_pos": [1, 1, 1],
-        "auto_widths": {}, "acceptance": 1.0}
+        "auto_widths": {}, "auto_step_ms": {}, "acceptance": 1.0}
     assert stats["default"] == "none" and stats["swaps"][0]["to"] == "none" and stats["steps"] == 3
     assert "unknown proposer 'no_such'" in stats["rejected"][0]["error"]

@@ -130,6 +130,10 @@ class AutoDraftLength:
         self.random = random.Random(seed)
         self.chosen: Counter[int] = Counter()  # budgets chosen (row-steps), for the metrics
 
+    def step_ms(self) -> dict[str, float]:
+        """What it believes a step costs, where it measured one (for the metrics)."""
+        return (self.token_costs if self.packed else self.costs).measured_ms()
+
     def rate(self, row) -> float:
         mine = self.rows.get(row.seq_id)
         prior = self.overall.rate()
@@ -163,7 +167,7 @@ class AutoDraftLength:
             row_gains = [gains(a, n) for a, n in zip(rates, lengths)]
             budgets = self._allocate(row_gains, batch_size, 0.0)
             tokens = batch_size + sum(sum(g[:b]) for g, b in zip(row_gains, budgets))
-            seconds = self.token_costs.seconds(batch_size + sum(budgets))
+            seconds = self.token_costs.seconds(batch_size + sum(budgets), base=batch_size)
             self._value_of_drafting(tokens / (seconds + self.propose_seconds),
                                     batch_size / self.token_costs.seconds(batch_size))
             return budgets
@@ -190,7 +194,7 @@ class AutoDraftLength:
         best = tokens / self.token_costs.seconds(batch_size)
         for t, (g, _) in enumerate(ranked, 1):
             tokens += g
-            value = tokens / (self.token_costs.seconds(batch_size + t) + propose_seconds)
+            value = tokens / (self.token_costs.seconds(batch_size + t, base=batch_size) + propose_seconds)
             if value > best:
                 best_t, best = t, value
         if self.random.random() < self.explore:

@@ -26,6 +26,7 @@ class StrategyCounters:
     num_accepted_tokens: int = 0
     num_accepted_tokens_per_pos: list[int] = field(default_factory=list)
     auto_widths: dict[int, int] = field(default_factory=dict)  # draft budget auto chose -> row-steps
+    auto_step_ms: dict[str, float] = field(default_factory=dict)  # what auto believes a step costs, where measured
 
     def record(self, num_draft: int, num_accepted: int) -> None:
         self.num_drafts += 1
@@ -60,12 +61,14 @@ class DraftStats:
     def record(self, strategy: str, num_draft: int, num_accepted: int) -> None:
         self.of(strategy).record(num_draft, num_accepted)
 
-    def chose(self, strategy: str, chosen: Counter) -> None:
-        """Add what an ``auto`` policy chose since it was last asked (and clear it there)."""
-        widths = self.of(strategy).auto_widths
+    def chose(self, strategy: str, chosen: Counter, step_ms: dict[str, float]) -> None:
+        """Add what an ``auto`` policy chose since it was last asked (and clear it there), and keep what it
+        now believes a step costs."""
+        counters = self.of(strategy)
         for k, n in chosen.items():
-            widths[k] = widths.get(k, 0) + n
+            counters.auto_widths[k] = counters.auto_widths.get(k, 0) + n
         chosen.clear()
+        counters.auto_step_ms = step_ms
 
     def swapped(self, old: str, new: str, source: str, in_flight: int) -> None:
         self.swaps.append({"from": old, "to": new, "config": source, "in_flight": in_flight, "time": time.time()})
