@@ -266,6 +266,39 @@ def test_the_runner_wrap_hands_the_runner_to_a_specplug_drafter_only(proposer):
     assert proposer.runner is fake
 
 
+def test_a_step_without_drafts_samples_with_vllms_plain_sampler(proposer):
+    """The runner's ``_sample`` wrap: where no row carries a draft, vLLM's plain sampler (as without
+    speculation); where one does, or the drafter is not specplug's, vLLM's rejection sampler."""
+    from types import SimpleNamespace
+
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    from specplug_vllm import runner as runner_view
+
+    assert runner_view.install()
+    assert GPUModelRunner._sample.__specplug__
+
+    class FakeRunner:
+        _sample = GPUModelRunner._sample
+        use_async_scheduling = False
+        input_batch = SimpleNamespace(sampling_metadata="metadata", update_async_output_token_ids=lambda: None)
+
+        def __init__(self, drafter):
+            self.drafter, self.used = drafter, []
+            self.sampler = lambda logits, sampling_metadata: self.used.append("plain")
+            self.rejection_sampler = lambda *args: self.used.append("rejection")
+            self._get_spec_decode_draft_probs = lambda metadata: None
+
+    def sampled_with(drafter, max_spec_len: int) -> list[str]:
+        runner = FakeRunner(drafter)
+        runner._sample("logits", SimpleNamespace(max_spec_len=max_spec_len))
+        return runner.used
+
+    assert sampled_with(proposer, 0) == ["plain"]
+    assert sampled_with(proposer, 2) == ["rejection"]
+    assert sampled_with(object(), 0) == ["rejection"]  # vLLM's own drafters: untouched
+
+
 def test_auto_learns_each_steps_cost_from_the_time_between_calls(vllm_config, tmp_path, monkeypatch):
     """Inside vLLM ``auto`` times vLLM's steps from the gaps between drafter calls: where a wide verify
     costs far more than a narrow one and nothing is accepted it stops drafting; where verifying is free

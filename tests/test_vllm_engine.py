@@ -63,14 +63,32 @@ def prompts(model_dir) -> list[list[int]]:
     return [encode_prompt(tokenizer, p) for f in files for p in read_prompts_file(f)]
 
 
+def scored(llm, prompts: list[list[int]], extra_args: dict | None = None) -> list[list[tuple[int, dict]]]:
+    """Each output token with the log-probabilities of the top LOGPROBS tokens at its position."""
+    params = vllm.SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, logprobs=LOGPROBS, extra_args=extra_args)
+    outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompts], params, use_tqdm=False)
+    return [[(token, {t: p.logprob for t, p in top.items()}) for token, top in zip(o.outputs[0].token_ids,
+                                                                                  o.outputs[0].logprobs)]
+            for o in outputs]
+
+
+LOGPROBS = 3
+
+
 @pytest.fixture(scope="module")
-def plain(model_dir, prompts) -> list[list[int]]:
-    """vLLM's greedy outputs without speculation: the reference."""
+def plain_runs(model_dir, prompts) -> dict:
+    """vLLM without speculation: greedy outputs of every prompt, and the first four scored."""
     llm = start_engine(model_dir, None)
     try:
-        return generate(llm, prompts)
+        return {"tokens": generate(llm, prompts), "scored": scored(llm, prompts[:4])}
     finally:
         stop_engine(llm)
+
+
+@pytest.fixture(scope="module")
+def plain(plain_runs) -> list[list[int]]:
+    """vLLM's greedy outputs without speculation: the reference."""
+    return plain_runs["tokens"]
 
 
 class SpecEngine:
@@ -256,6 +274,16 @@ def test_each_request_names_its_strategy_or_none(engine, prompts, same_as_plain)
     assert after["none"]["num_drafts"] == before["none"]["num_drafts"]  # `none` never drafts
     for name in ("long", "ngram"):
         assert after[name]["num_draft_tokens"] > before[name]["num_draft_tokens"], name
+
+
+def test_requests_that_draft_nothing_score_exactly_as_plain_vllm(engine, prompts, plain_runs):
+    """A request that drafts nothing gets plain vLLM's tokens and log-probabilities, exactly. Its steps
+    sample with vLLM's plain sampler (the adapter's ``_sample`` wrap; vLLM's rejection sampler gave the
+    same numbers here, so this guards what users see, and test_vllm_adapter checks the wrap itself)."""
+    engine.use(config_file("ngram.yaml"))
+    got = scored(engine.llm, prompts[:4], extra_args={"strategy": "none"})
+    assert [[t for t, _ in row] for row in got] == [[t for t, _ in row] for row in plain_runs["scored"]]
+    assert got == plain_runs["scored"]
 
 
 def test_auto_stops_drafting_under_a_saturating_open_ended_batch_and_drafts_on_grounded(model_dir, prompts, plain,
