@@ -9,7 +9,7 @@ first: `suffix`'s cache, which lives as long as its engine, warms up as in produ
 specplug ngram engine switches strategy through its config file and the worker's resident memory is
 read after each, for the memory table (`--no-memory` skips it).
 
-    .venv/bin/python benchmarks/vllm_compare.py --rounds 2 > vllm-compare.json
+    .venv/bin/python benchmarks/vllm_compare.py --rounds 2 --json vllm-compare.json
     .venv/bin/python benchmarks/vllm_compare.py --rounds 1 --engines plain,specplug-ngram,specplug-suffix \
         --files repetitive,grounded,open_ended --no-memory
     .venv/bin/python benchmarks/vllm_compare.py --max-num-seqs 16 --modes full --no-memory  # a second engine set
@@ -151,6 +151,7 @@ def main() -> None:
     parser.add_argument("--max-num-seqs", type=int, default=8, help="vLLM's max_num_seqs: rows of the full batch")
     parser.add_argument("--modes", default="batch1,full", help="comma-separated: batch1, full")
     parser.add_argument("--repetitive-prompts", type=int, default=None, help="use the first N of repetitive.jsonl")
+    parser.add_argument("--json", help="write the results here too (vLLM's workers log to standard output)")
     args = parser.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("SPECPLUG_STATS_INTERVAL", "5")  # the specplug workers' counters, fresh at the end
@@ -178,6 +179,8 @@ def main() -> None:
         result["worker_memory"] = memory(llms[ENGINES["specplug-ngram"]], config_dir / "specplug-ngram.yaml", configs,
                                          requests_by_file.get("grounded") or next(iter(requests_by_file.values())))
     print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
