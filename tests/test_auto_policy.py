@@ -99,6 +99,14 @@ def test_a_draft_token_is_never_free_where_its_count_measured_cheaper_than_the_o
     assert costs.seconds(32) == pytest.approx(0.159) and costs.seconds(32, base=8) >= costs.seconds(32)  # never less
 
 
+def verified_budgets(auto: AutoDraftLength, rows: list, batch_size: int, found: list[int] | None = None) -> list[int]:
+    """What a host verifies of each row this step: the policy's budgets, the proposer's drafts (``found``:
+    how many tokens it finds per row; default all it is asked for), then the policy's cut."""
+    asked = auto.plan(rows, batch_size, 1)
+    drafts = [Draft(list(range(1, 1 + min(b, f)))) for b, f in zip(asked, found or asked)]
+    return auto.trim(rows, drafts, batch_size, 1)
+
+
 def test_rows_that_rarely_keep_a_draft_draft_nothing_where_a_token_costs_a_twentieth_of_a_step():
     auto = AutoDraftLength(3, assumed_prior(32), explore=0.0, packed=True)
     auto.token_costs = vllm_costs()
@@ -106,7 +114,27 @@ def test_rows_that_rarely_keep_a_draft_draft_nothing_where_a_token_costs_a_twent
     for _ in range(30):  # each row keeps a draft token one time in six
         auto.observe(rows, [Draft([1])] * 8, [1, 0, 0, 0, 0, 0, 0, 0], 8, 2, 0.0, 0.0)
         rows = rows[1:] + rows[:1]
-    assert auto.plan(rows, 8, 1) == [0] * 8
+    assert verified_budgets(auto, rows, 8) == [0] * 8
+
+
+def test_a_cheap_proposer_drafts_first_and_the_budget_goes_to_the_rows_that_found_a_draft():
+    """ngram finds a draft for few rows of a batch; the verify budget must not be spent on the others."""
+    cheap_to_12 = {1: 10.0, 12: 11.0, 13: 40.0, 64: 90.0}  # four draft tokens nearly free over 8 rows, then dear
+    auto = AutoDraftLength(3, cheap_to_12, explore=0.0, packed=True)
+    rows = [Row(i) for i in range(8)]
+    auto.observe(rows, [Draft([1, 2, 3])] * 8, [3] * 8, 8, 4, 0.0, 0.0)  # every row as likely as the next
+    assert auto.plan(rows, 8, 1) == [3] * 8 and auto.deferred  # its time is nothing: draft all, cut after
+    budgets = verified_budgets(auto, rows, 8, found=[0] * 6 + [3, 3])
+    assert budgets[:6] == [0] * 6 and sum(budgets) == 4  # all four cheap tokens, to the two rows with drafts
+
+
+def test_a_dear_proposer_is_asked_only_for_what_will_be_verified():
+    auto = AutoDraftLength(3, {1: 10.0, 12: 11.0, 13: 40.0, 64: 90.0}, explore=0.0, packed=True)
+    rows = [Row(i) for i in range(8)]
+    auto.drafted = True
+    auto.observe(rows, [Draft([1, 2, 3])] * 8, [3] * 8, 8, 4, 0.0, 0.005)  # half a step per call
+    asked = auto.plan(rows, 8, 1)
+    assert not auto.deferred and 0 < sum(asked) <= 4
 
 
 def test_packed_hosts_give_each_row_its_own_budget():
@@ -118,7 +146,7 @@ def test_packed_hosts_give_each_row_its_own_budget():
     for _ in range(30):
         auto.observe([good, poor], [Draft([1, 2, 3]), Draft([1, 2, 3])], [3, 0], 12, 4, 0.0, 0.0)
     rows = [good, poor] + [Row(f"other{i}") for i in range(10)]  # ten rows with the strategy-wide rate
-    budgets = auto.plan(rows, 12, 1)
+    budgets = verified_budgets(auto, rows, 12)
     assert budgets[0] == 3 and budgets[1] == 0  # the reliable row drafts all it may, the other nothing
     assert sum(budgets) <= 16 - 12  # no token past the cheap 16
     assert auto.chosen[3] >= 1 and auto.chosen[0] >= 1
@@ -132,9 +160,9 @@ def test_a_row_cut_to_nothing_is_tried_again_once_its_early_misses_have_aged():
     late, steady = Row("late"), Row("steady")
     for _ in range(6):
         auto.observe([late, steady], [Draft([1, 2, 3]), Draft([1, 2, 3])], [0, 3], 2, 4, 0.0, 0.0)
-    assert auto.plan([late, steady], 2, 1) == [0, 3]
+    assert verified_budgets(auto, [late, steady], 2) == [0, 3]
     steps_cut = 0
-    while auto.plan([late, steady], 2, 1)[0] == 0 and steps_cut < 50:
+    while verified_budgets(auto, [late, steady], 2)[0] == 0 and steps_cut < 50:
         auto.observe([late, steady], [Draft([]), Draft([1, 2, 3])], [0, 3], 2, 4, 0.0, 0.0)
         steps_cut += 1
     assert 0 < steps_cut < 50

@@ -20,6 +20,11 @@ most expected tokens per second of step time, from measured costs and measured a
   expected tokens per second of the trimmed drafts, the proposer's own time included, against plain
   decoding's (``draft_value``, decayed); while it does not, steps decode plainly and only exploring
   ones call it (an EAGLE-3 head whose drafts cost more than they are worth on open-ended text).
+- In a packed host a proposer that costs next to nothing (``CHEAP_PROPOSER`` of a plain step: ngram)
+  drafts its full k for every row, and the budgets are then allocated over the drafts that exist: a row
+  whose proposer found nothing takes no share, and a row that found a draft is never cut for lack of
+  one elsewhere. Dearer proposers get their budgets first, as above, so that they draft only what is
+  verified.
 - Exploration: with probability ``explore`` a width next to the best one, so the estimates around the
   choice stay fresh (a random far width could cost several steps' time on a CPU).
 Width 1 is plain decoding (nothing is drafted, the proposer is not called), so auto can always fall
@@ -38,6 +43,7 @@ from specplug.hosting.step_costs import StepCosts, TokenCosts
 ROW_DECAY = 0.8  # weight of a row's older steps per new step
 GLOBAL_DECAY = 0.98
 PRIOR_STEPS = 2.0  # pseudo-steps of the strategy-wide rate in a row's estimate
+CHEAP_PROPOSER = 0.02  # of a plain step: a proposer this cheap drafts first and is cut after (packed hosts)
 
 
 class Acceptance:
@@ -126,6 +132,7 @@ class AutoDraftLength:
         self.confident = False  # the proposer states confidences: draft k, then trim
         self.propose_seconds = 0.0  # decayed mean time of a proposer call that drafted
         self.drafted = False  # whether this step's proposer call drafted anything (before trimming)
+        self.deferred = False  # this step's budgets are chosen once the drafts are known (cheap proposer, packed)
         self.draft_value = 1.0  # decayed: drafting's expected tokens per second against plain decoding's
         self.random = random.Random(seed)
         self.chosen: Counter[int] = Counter()  # budgets chosen (row-steps), for the metrics
@@ -148,6 +155,9 @@ class AutoDraftLength:
             return [self.k] * len(rows)
         rates = [self.rate(row) for row in rows]
         if self.packed:
+            self.deferred = self.propose_seconds <= CHEAP_PROPOSER * self.token_costs.seconds(batch_size)
+            if self.deferred:
+                return [self.k] * len(rows)
             return self._allocate([gains(a, self.k) for a in rates], batch_size, self.propose_seconds)
         width = self._choose(min(floor_width, self.k + 1), self.k + 1,
                              lambda w: self._throughput(rates, batch_size, w, self.propose_seconds))
@@ -159,6 +169,8 @@ class AutoDraftLength:
         lengths = [len(d.token_ids) for d in drafts]
         self.drafted = any(lengths)
         if not any(d.confidence is not None for d in drafts):
+            if self.packed and self.deferred:  # the proposer's time is spent: only the verify is weighed
+                return self._allocate([gains(self.rate(row), n) for row, n in zip(rows, lengths)], batch_size, 0.0)
             return lengths
         self.confident = True
         rates = [self._confidence_rates(row, d.confidence) if d.confidence is not None else self.rate(row)
