@@ -21,10 +21,9 @@ most expected tokens per second of step time, from measured costs and measured a
   decoding's (``draft_value``, decayed); while it does not, steps decode plainly and only exploring
   ones call it (an EAGLE-3 head whose drafts cost more than they are worth on open-ended text).
 - In a packed host a proposer that costs next to nothing (``CHEAP_PROPOSER`` of a plain step: ngram)
-  drafts its full k for every row, and the budgets are then allocated over the drafts that exist: a row
-  whose proposer found nothing takes no share, and a row that found a draft is never cut for lack of
-  one elsewhere. Dearer proposers get their budgets first, as above, so that they draft only what is
-  verified.
+  drafts its full k for every row, and the budgets are then allocated over the drafts that exist, so no
+  share goes to a row whose proposer found nothing. Dearer proposers get their budgets first, as
+  above, so that they draft only what is verified.
 - Exploration: with probability ``explore`` a width next to the best one, so the estimates around the
   choice stay fresh (a random far width could cost several steps' time on a CPU).
 Width 1 is plain decoding (nothing is drafted, the proposer is not called), so auto can always fall
