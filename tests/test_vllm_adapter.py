@@ -319,6 +319,7 @@ def test_auto_learns_each_steps_cost_from_the_time_between_calls(vllm_config, tm
             now[0] += seconds_by_width[1 + len(draft)]  # vLLM's step: verify the draft
             sampled = (draft if accepts else []) + [REPEATING[(len(tokens) + len(draft)) % 4] if accepts else 1]
             tokens = tokens + sampled
+        proposer.stats.report(force=True)  # step costs are read when the counters are reported
         counters = proposer.stats.of("ngram")
         assert counters.auto_widths  # what it chose is counted (the default: adaptive_k auto)
         # what it believes a step of one row costs, by tokens verified: what such steps took here

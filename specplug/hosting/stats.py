@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 logger = logging.getLogger("specplug.hosting")
@@ -53,6 +54,7 @@ class DraftStats:
         self.swaps: list[dict[str, object]] = []
         self.rejected: list[dict[str, str]] = []
         self.faults: Counter[str] = Counter()  # "strategy/stage" -> faults
+        self._step_ms: dict[str, Callable[[], dict[str, float]]] = {}  # strategy -> its auto policy's step costs
         self._last_report = time.monotonic()
 
     def of(self, name: str) -> StrategyCounters:
@@ -61,14 +63,14 @@ class DraftStats:
     def record(self, strategy: str, num_draft: int, num_accepted: int) -> None:
         self.of(strategy).record(num_draft, num_accepted)
 
-    def chose(self, strategy: str, chosen: Counter, step_ms: dict[str, float]) -> None:
-        """Add what an ``auto`` policy chose since it was last asked (and clear it there), and keep what it
-        now believes a step costs."""
+    def chose(self, strategy: str, chosen: Counter, step_ms: Callable[[], dict[str, float]]) -> None:
+        """Add what an ``auto`` policy chose since it was last asked (and clear it there); ``step_ms`` tells
+        what it believes a step costs, read when the counters are reported (not every step)."""
         counters = self.of(strategy)
         for k, n in chosen.items():
             counters.auto_widths[k] = counters.auto_widths.get(k, 0) + n
         chosen.clear()
-        counters.auto_step_ms = step_ms
+        self._step_ms[strategy] = step_ms
 
     def swapped(self, old: str, new: str, source: str, in_flight: int) -> None:
         self.swaps.append({"from": old, "to": new, "config": source, "in_flight": in_flight, "time": time.time()})
@@ -88,6 +90,8 @@ class DraftStats:
         if not force and now - self._last_report < self.interval:
             return
         self._last_report = now
+        for name, step_ms in self._step_ms.items():
+            self.of(name).auto_step_ms = step_ms()
         for name, s in self.strategies.items():
             if s.num_draft_tokens:
                 self.log.info("specplug %s (%s): %d drafts, %d draft tokens, %d accepted (%.1f%%), accepted by "

@@ -194,7 +194,7 @@ class TokenRows:
         for strategy in table.strategies.values():
             chosen = getattr(strategy.policy, "chosen", None)
             if chosen:
-                self.stats.chose(strategy.name, chosen, strategy.policy.step_ms())
+                self.stats.chose(strategy.name, chosen, strategy.policy.step_ms)
 
     def seen_length(self, seq_id: Hashable) -> int | None:
         """How many tokens ``seq_id`` held at the last step (None: not seen then)."""
