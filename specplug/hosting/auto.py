@@ -152,12 +152,12 @@ class AutoDraftLength:
                 self.chosen[0] += len(rows)
                 return [0] * len(rows)
             return [self.k] * len(rows)
-        rates = [self.rate(row) for row in rows]
         if self.packed:
             self.deferred = self.propose_seconds <= CHEAP_PROPOSER * self.token_costs.seconds(batch_size)
             if self.deferred:
                 return [self.k] * len(rows)
-            return self._allocate([gains(a, self.k) for a in rates], batch_size, self.propose_seconds)
+            return self._allocate([gains(self.rate(row), self.k) for row in rows], batch_size, self.propose_seconds)
+        rates = [self.rate(row) for row in rows]
         width = self._choose(min(floor_width, self.k + 1), self.k + 1,
                              lambda w: self._throughput(rates, batch_size, w, self.propose_seconds))
         self.chosen[width - 1] += len(rows)
