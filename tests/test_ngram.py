@@ -30,15 +30,15 @@ def test_incremental_index_matches_brute_force_lookup():
         for end in range(1, len(tokens) + 1):  # grows a few tokens at a time, as accepted tokens do
             if end % 3 == 0 or end == len(tokens):
                 index.extend(tokens[:end])
-                assert index.lookup(5) == brute_force(tokens[:end], 1, 4, 5)
+                assert index.lookup(5)[0] == brute_force(tokens[:end], 1, 4, 5)
 
 
 def test_prefers_longest_then_latest_match():
     index = NgramIndex(1, 3)
     index.extend([1, 2, 3, 9, 2, 3, 8, 5, 1, 2, 3])
-    assert index.lookup(2) == [9, 2]  # the 3-gram 1 2 3 beats the later 2-gram 2 3
+    assert index.lookup(2) == ([9, 2], 3)  # the 3-gram 1 2 3 beats the later 2-gram 2 3
     index.extend([1, 2, 3, 9, 2, 3, 8, 5, 1, 2, 3, 4, 3])
-    assert index.lookup(3) == [4, 3]  # only the 1-gram (3,) matches; latest earlier one is at index 10
+    assert index.lookup(3) == ([4, 3], 1)  # only the 1-gram (3,) matches; latest earlier one is at index 10
 
 
 def test_extend_only_indexes_new_tokens():
@@ -56,11 +56,23 @@ def test_proposer_keeps_one_index_per_row_and_accepts_numpy_rows():
     b = DraftRequest("b", [1, 2, 1], 3, max_draft_tokens=4)
     assert [d.token_ids for d in proposer.propose([a, b])] == [[7, 5], [2, 1]]
     assert all(d.probs is None for d in proposer.propose([a, b]))
+    assert [d.confidence for d in proposer.propose([a, b])] == [[2 / 3, 3 / 4], [1 / 2, 2 / 3]]  # a 2-gram, a 1-gram
     rebuilt = DraftRequest("a", [9, 9, 9], 3, max_draft_tokens=1)  # same id, other tokens: start over
     assert proposer.propose([rebuilt])[0].token_ids == [9]
     proposer.release("a")
     assert "a" not in proposer.indexes
     assert proposer.propose([DraftRequest("b", [1, 2, 1], 3, max_draft_tokens=0)])[0].token_ids == []
+
+
+def test_a_longer_match_states_a_higher_confidence():
+    """Each draft token states m / (m + 1), m its matched context: the n-gram and the draft tokens before it."""
+    proposer = NgramProposer(1, 4)
+    long = DraftRequest("long", [1, 2, 3, 4, 5, 6, 1, 2, 3, 4], 10, max_draft_tokens=2)  # 4-gram 1 2 3 4
+    short = DraftRequest("short", [7, 8, 9, 4, 1, 5, 4], 7, max_draft_tokens=2)  # only the 1-gram (4,)
+    drafts = proposer.propose([long, short])
+    assert [d.token_ids for d in drafts] == [[5, 6], [1, 5]]
+    assert drafts[0].confidence == [4 / 5, 5 / 6] and drafts[1].confidence == [1 / 2, 2 / 3]
+    assert proposer.propose([DraftRequest("none", [1, 2, 3], 3, max_draft_tokens=2)])[0].confidence == []
 
 
 @pytest.mark.parametrize("options, message", [

@@ -19,11 +19,12 @@ most expected tokens per second of step time, from measured costs and measured a
   only what they turned out to be worth. Such a proposer is called only while calling it pays: the
   expected tokens per second of the trimmed drafts, the proposer's own time included, against plain
   decoding's (``draft_value``, decayed); while it does not, steps decode plainly and only exploring
-  ones call it (an EAGLE-3 head whose drafts cost more than they are worth on open-ended text).
-- In a packed host a proposer that costs next to nothing (``CHEAP_PROPOSER`` of a plain step: ngram)
-  drafts its full k for every row, and the budgets are then allocated over the drafts that exist, so no
-  share goes to a row whose proposer found nothing. Dearer proposers get their budgets first, as
-  above, so that they draft only what is verified.
+  ones call it (an EAGLE-3 head whose drafts cost more than they are worth on open-ended text). A
+  proposer that costs next to nothing (``CHEAP_PROPOSER`` of a plain step: ngram, suffix) is always
+  called: its drafts are weighed every step.
+- In a packed host a cheap proposer without confidences also drafts its full k for every row, and the
+  budgets are then allocated over the drafts that exist, so no share goes to a row whose proposer found
+  nothing. Dearer proposers get their budgets first, as above, so that they draft only what is verified.
 - Exploration: with probability ``explore`` a width next to the best one, so the estimates around the
   choice stay fresh (a random far width could cost several steps' time on a CPU).
 Width 1 is plain decoding (nothing is drafted, the proposer is not called), so auto can always fall
@@ -147,13 +148,14 @@ class AutoDraftLength:
 
     def plan(self, rows: list, batch_size: int, floor_width: int) -> list[int]:
         self._forget_finished(rows)
+        cheap = self._cheap(batch_size)
         if self.confident:  # ``trim`` chooses, once the drafts and their confidences are known
-            if self.draft_value < 1.0 and self.random.random() >= self.explore:
+            if not cheap and self.draft_value < 1.0 and self.random.random() >= self.explore:
                 self.chosen[0] += len(rows)
                 return [0] * len(rows)
             return [self.k] * len(rows)
         if self.packed:
-            self.deferred = self.propose_seconds <= CHEAP_PROPOSER * self.token_costs.seconds(batch_size)
+            self.deferred = cheap
             if self.deferred:
                 return [self.k] * len(rows)
             return self._allocate([gains(self.rate(row), self.k) for row in rows], batch_size, self.propose_seconds)
@@ -162,6 +164,11 @@ class AutoDraftLength:
                              lambda w: self._throughput(rates, batch_size, w, self.propose_seconds))
         self.chosen[width - 1] += len(rows)
         return [width - 1] * len(rows)
+
+    def _cheap(self, batch_size: int) -> bool:
+        """Whether the proposer's calls cost next to nothing against a plain step (``CHEAP_PROPOSER``)."""
+        plain = self.token_costs.seconds(batch_size) if self.packed else self.costs.seconds(batch_size, 1)
+        return self.propose_seconds <= CHEAP_PROPOSER * plain
 
     def trim(self, rows: list, drafts: list, batch_size: int, floor_width: int) -> list[int]:
         """How many of each row's draft tokens to verify (drafts with confidences only; others kept)."""

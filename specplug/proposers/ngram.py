@@ -39,16 +39,24 @@ class NgramIndex:
                 if end >= n:
                     table[tuple(tokens[end - n : end])] = end
 
-    def lookup(self, max_tokens: int) -> list[int]:
-        """Continuation of the longest matching suffix n-gram, at most ``max_tokens`` long."""
+    def lookup(self, max_tokens: int) -> tuple[list[int], int]:
+        """Continuation of the longest matching suffix n-gram, at most ``max_tokens`` long, and that n
+        (0: no match)."""
         tokens = self.tokens
         for n in self.sizes:
             if len(tokens) <= n:
                 continue
             follow = self.tables[n].get(tuple(tokens[-n:]))
             if follow is not None:
-                return tokens[follow : follow + max_tokens]
-        return []
+                return tokens[follow : follow + max_tokens], n
+        return [], 0
+
+
+def match_confidence(n: int, length: int) -> list[float]:
+    """The stated confidence of each draft token: m / (m + 1), m the tokens of context it was matched on
+    (the n-gram, then the draft tokens before it). A one-token match in open-ended text is mostly chance;
+    ``auto`` learns what each length is worth here (``Calibration``) and never trusts these as they are."""
+    return [(n + j) / (n + j + 1) for j in range(length)]
 
 
 class NgramProposer(Proposer):
@@ -59,16 +67,17 @@ class NgramProposer(Proposer):
         self.indexes: dict[Hashable, NgramIndex] = {}
 
     def propose(self, requests: Sequence[DraftRequest]) -> list[Draft]:
-        return [Draft(self._propose_one(r)) for r in requests]
+        return [self._propose_one(r) for r in requests]
 
-    def _propose_one(self, request: DraftRequest) -> list[int]:
+    def _propose_one(self, request: DraftRequest) -> Draft:
         index = self.indexes.get(request.seq_id)
         if index is None or not extends(index.tokens, request.token_ids):
             index = self.indexes[request.seq_id] = NgramIndex(self.min_n, self.max_n)
         index.extend(request.token_ids)
         if request.max_draft_tokens <= 0:
-            return []
-        return index.lookup(request.max_draft_tokens)
+            return Draft([])
+        tokens, n = index.lookup(request.max_draft_tokens)
+        return Draft(tokens, confidence=match_confidence(n, len(tokens)))  # probs None: deterministic
 
     def release(self, seq_id: Hashable) -> None:
         self.indexes.pop(seq_id, None)
