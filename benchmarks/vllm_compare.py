@@ -146,13 +146,18 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("-k", type=int, default=3, help="k of built-in ngram and specplug ngram")
     parser.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated, from {', '.join(ENGINES)}")
-    parser.add_argument("--files", default=",".join(PROMPT_FILES), help="comma-separated prompts files, in order")
+    parser.add_argument("--files", default=",".join(PROMPT_FILES),
+                        help=f"comma-separated, in order, from {', '.join(PROMPT_FILES)}")
     parser.add_argument("--no-memory", action="store_true", help="skip the worker memory table")
     parser.add_argument("--max-num-seqs", type=int, default=8, help="vLLM's max_num_seqs: rows of the full batch")
     parser.add_argument("--modes", default="batch1,full", help="comma-separated: batch1, full")
     parser.add_argument("--repetitive-prompts", type=int, default=None, help="use the first N of repetitive.jsonl")
     parser.add_argument("--json", help="write the results here too (vLLM's workers log to standard output)")
     args = parser.parse_args()
+    for flag, given, known in (("--files", args.files, PROMPT_FILES), ("--engines", args.engines, ENGINES)):
+        unknown = sorted(set(given.split(",")) - set(known))
+        if unknown:
+            parser.error(f"{flag}: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("SPECPLUG_STATS_INTERVAL", "5")  # the specplug workers' counters, fresh at the end
     from specplug.bench import machine_description

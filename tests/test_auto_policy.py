@@ -11,6 +11,7 @@ from specplug.hosting.auto import AutoDraftLength, Calibration, assumed_prior
 from specplug.errors import ConfigError, SpecplugError
 from specplug.metadata import Draft, DraftRequest
 from specplug.proposers.base import check_drafts
+from specplug.proposers.ngram import match_confidence
 
 
 class Row:  # what the policy reads of a host's row
@@ -219,3 +220,26 @@ def test_a_confident_proposer_is_not_called_while_its_drafts_are_worth_less_than
     exploring = run_confident(AutoDraftLength(1, measured, explore=0.2, seed=1), accepted_every=4,
                               propose_seconds=0.0012, steps=200)
     assert 0 < sum(exploring[-100:]) < 50, "closed, it still tries now and then"
+
+
+def test_a_cheap_proposer_is_called_every_step_however_little_its_drafts_are_worth():
+    """ngram costs microseconds: not calling it would save nothing and miss the row that starts copying."""
+    budgets = run_confident(AutoDraftLength(1, {1: 10.0, 2: 12.4}, explore=0.0), accepted_every=4,
+                            propose_seconds=0.00001)
+    assert budgets == [1] * len(budgets)
+
+
+def test_ngram_drafts_are_weighed_by_what_their_match_length_turned_out_to_be_worth():
+    """Open-ended text, greedy, Intel Xeon, 2026-12-07 (docs/benchmarks.md): a 1-gram match's first token
+    was accepted 10-16% of the time, a 4-gram's 58-92%. One strategy-wide rate cannot tell them apart;
+    the calibrated confidence of each match length can."""
+    auto = AutoDraftLength(3, assumed_prior(32), explore=0.0, packed=True)
+    auto.token_costs = vllm_costs()
+    one, four = Draft([1, 2, 3], confidence=match_confidence(1, 3)), Draft([1, 2, 3], confidence=match_confidence(4, 3))
+    rows = [Row(i) for i in range(8)]
+    for _ in range(40):  # half the rows find 1-gram matches and lose them, half 4-gram ones and keep them
+        auto.trim(rows, [one, four] * 4, 8, 1)
+        auto.observe(rows, [one, four] * 4, [0, 3] * 4, 8, 4, 0.0, 0.0)
+    fresh = [Row(f"new{i}") for i in range(8)]  # no history of their own: only the match length speaks
+    budgets = auto.trim(fresh, [one, four] + [Draft([], confidence=[])] * 6, 8, 1)
+    assert budgets[0] == 0 and budgets[1] == 3
