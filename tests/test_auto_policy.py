@@ -243,3 +243,23 @@ def test_ngram_drafts_are_weighed_by_what_their_match_length_turned_out_to_be_wo
     fresh = [Row(f"new{i}") for i in range(8)]  # no history of their own: only the match length speaks
     budgets = auto.trim(fresh, [one, four] + [Draft([], confidence=[])] * 6, 8, 1)
     assert budgets[0] == 0 and budgets[1] == 3
+
+
+def test_exploring_measures_plain_decoding_again_so_a_stale_figure_for_it_cannot_keep_a_wide_width():
+    """32 rows sharing one width (the embedded engine): plain decoding measured once, at a slow moment,
+    and width 4 since. Exploring only next to the chosen width would never correct the old figure."""
+    prior = {1: 51.0, 32: 82.0, 64: 114.0, 96: 146.0, 128: 178.0}
+    true_ms = {1: 100.0, 2: 200.0, 3: 215.0, 4: 225.0}  # at the acceptance below plain decoding pays most
+    auto = AutoDraftLength(3, prior, explore=0.3, seed=0)
+    rows, draft = [Row(i) for i in range(32)], Draft([1, 2, 3], confidence=[0.6] * 3)
+    auto.observe(rows, [Draft([])] * 32, [0] * 32, 32, 1, 0.300, 0.0)  # plain once, at 300 ms
+    auto.observe(rows, [draft] * 32, [3 if i % 3 == 0 else 0 for i in range(32)], 32, 4, 0.225, 0.0)
+    widths = []
+    for _ in range(300):
+        auto.plan(rows, 32, 1)
+        keep = auto.trim(rows, [draft] * 32, 32, 1)
+        widths.append(1 + max(keep))
+        accepted = [n if i % 3 == 0 else 0 for i, n in enumerate(keep)]  # a third of the rows keep all
+        auto.observe(rows, [draft.cut(n) for n in keep], accepted, 32, widths[-1], true_ms[widths[-1]] / 1000, 0.0)
+    assert widths[:10].count(4) >= 5  # the stale figure first keeps width 4
+    assert widths[-50:].count(1) >= 35

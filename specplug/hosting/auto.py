@@ -232,10 +232,13 @@ class AutoDraftLength:
         return [min(1.0, self.calibration.rate(c) * factor) for c in confidence]
 
     def _choose(self, low: int, high: int, throughput) -> int:
-        """The width of most expected tokens per second; with probability ``explore`` a neighbour of it."""
+        """The width of most expected tokens per second; with probability ``explore`` a neighbour of it or
+        the lowest width (plain decoding where no other strategy drafts): every choice is judged against
+        the baseline, and a baseline measured only long ago (its cost guessed from the wide steps' ratio
+        to the prior) can keep a wide width chosen at a load where it loses."""
         best = max(range(low, high + 1), key=throughput)
         if self.random.random() < self.explore:
-            return min(high, max(low, best + self.random.choice((-1, 1))))
+            return self.random.choice((max(low, best - 1), min(high, best + 1), low))
         return best
 
     def _throughput(self, rates: list, batch_size: int, width: int, propose_seconds: float) -> float:
