@@ -26,7 +26,8 @@ most expected tokens per second of step time, from measured costs and measured a
   budgets are then allocated over the drafts that exist, so no share goes to a row whose proposer found
   nothing. Dearer proposers get their budgets first, as above, so that they draft only what is verified.
 - Exploration: with probability ``explore`` a width next to the best one, so the estimates around the
-  choice stay fresh (a random far width could cost several steps' time on a CPU).
+  choice stay fresh (a random far width could cost several steps' time on a CPU), or, where rows share
+  a width, the lowest one: plain decoding is the baseline every choice is judged against.
 Width 1 is plain decoding (nothing is drafted, the proposer is not called), so auto can always fall
 back to it. Static tables (vLLM's ``num_speculative_tokens_per_batch_size``, TensorRT-LLM's
 ``draft_len_schedule``) fix this choice per batch size ahead of time; auto measures it.
