@@ -37,7 +37,7 @@ class Metrics:
         self.itl = Histogram(p + "inter_token_latency_seconds",
                              "Time between a request's consecutive tokens (a step's time shared by its tokens)",
                              registry=r, buckets=LATENCY_BUCKETS)
-        self.auto_k = Counter(p + "auto_draft_tokens_chosen", "Row-steps by the draft budget auto chose",
+        self.auto_k = Counter(p + "auto_draft_tokens_chosen", "Row-steps by the draft tokens auto had verified",
                               ["k"], registry=r)
         self.swaps = Counter(p + "strategy_swaps", "Default strategy swaps by outcome", ["outcome"], registry=r)
         self.proposer_faults = Counter(p + "proposer_faults",
@@ -81,7 +81,7 @@ class Metrics:
             for position in range(out.num_accepted):
                 self.accepted_per_pos.labels(strategy.name, str(position)).inc()
         if strategy.policy is not None and out.row.stats.verify_steps:
-            self.auto_k.labels(str(out.row.k)).inc()
+            self.auto_k.labels(str(out.num_draft)).inc()  # what was verified: a confident proposer drafts k, then is cut
         tokens = len(out.new_token_ids)
         self.generation_tokens.inc(tokens)
         before = self.last_seen.get(out.request_id)
