@@ -19,13 +19,14 @@ from specplug.bench import machine_description
 from specplug.config import load_config
 from specplug.llm import LLM
 from specplug.prompts import read_prompts_file
-from specplug.proposers.ngram import NgramIndex
+from specplug.proposers.ngram import NgramIndex, NgramOptions
 
 
 def replay(prompt: list[int], output: list[int], k: int, tried: Counter, kept: Counter) -> int:
-    """Count, by (n, position in draft), the draft tokens tried and kept over ``output``; returns the steps
-    with a match."""
-    sequence, index, matched = prompt + output, NgramIndex(1, 4), 0
+    """Count, by (n, position in draft), the draft tokens tried and kept over ``output`` (ngram with its
+    default options); returns the steps with a match."""
+    defaults = NgramOptions()
+    sequence, index, matched = prompt + output, NgramIndex(defaults.min_n, defaults.max_n), 0
     for t in range(len(prompt), len(sequence)):
         index.extend(sequence[:t])
         draft, n = index.lookup(k)

@@ -149,14 +149,13 @@ class AutoDraftLength:
 
     def plan(self, rows: list, batch_size: int, floor_width: int) -> list[int]:
         self._forget_finished(rows)
-        cheap = self._cheap(batch_size)
         if self.confident:  # ``trim`` chooses, once the drafts and their confidences are known
-            if not cheap and self.draft_value < 1.0 and self.random.random() >= self.explore:
+            if self.draft_value < 1.0 and not self._cheap(batch_size) and self.random.random() >= self.explore:
                 self.chosen[0] += len(rows)
                 return [0] * len(rows)
             return [self.k] * len(rows)
         if self.packed:
-            self.deferred = cheap
+            self.deferred = self._cheap(batch_size)
             if self.deferred:
                 return [self.k] * len(rows)
             return self._allocate([gains(self.rate(row), self.k) for row in rows], batch_size, self.propose_seconds)
