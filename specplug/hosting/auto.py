@@ -25,6 +25,10 @@ most expected tokens per second of step time, from measured costs and measured a
 - In a packed host a cheap proposer without confidences also drafts its full k for every row, and the
   budgets are then allocated over the drafts that exist, so no share goes to a row whose proposer found
   nothing. Dearer proposers get their budgets first, as above, so that they draft only what is verified.
+- A margin (``MARGIN``): drafting is chosen only where its expected tokens per second beat the step
+  without drafts by 5%. The best of several noisy estimates reads high (the winner's curse): at 32
+  rows a width chosen at an estimated 2-9% gain ran 0-4% under plain decoding (embedded engine, Intel
+  Xeon, 2026-12-07, docs/benchmarks.md). A near tie is not worth a wide verify's risk.
 - Exploration: with probability ``explore`` a width next to the best one, so the estimates around the
   choice stay fresh (a random far width could cost several steps' time on a CPU), or, where rows share
   a width, the lowest one: plain decoding is the baseline every choice is judged against.
@@ -45,6 +49,7 @@ ROW_DECAY = 0.8  # weight of a row's older steps per new step
 GLOBAL_DECAY = 0.98
 PRIOR_STEPS = 2.0  # pseudo-steps of the strategy-wide rate in a row's estimate
 CHEAP_PROPOSER = 0.02  # of a plain step: a proposer this cheap drafts first and is cut after (packed hosts)
+MARGIN = 0.05  # a step that drafts must beat decoding without drafts by this share of expected tokens per second
 
 
 class Acceptance:
@@ -123,8 +128,8 @@ class AutoDraftLength:
     every row to the widest) one width for all its rows."""
 
     def __init__(self, k: int, prior_ms_by_tokens: dict[int, float], explore: float = 0.05, seed: int = 0,
-                 packed: bool = False):
-        self.k, self.explore, self.packed = k, explore, packed
+                 packed: bool = False, margin: float = MARGIN):
+        self.k, self.explore, self.packed, self.margin = k, explore, packed, margin
         self.costs = StepCosts(prior_ms_by_tokens)
         self.token_costs = TokenCosts(prior_ms_by_tokens)
         self.overall = Acceptance(GLOBAL_DECAY)
@@ -209,12 +214,14 @@ class AutoDraftLength:
         or fewer (a whole token per row would double the tokens of a 16-row step that drafts nothing)."""
         ranked = sorted(((g, i) for i, row in enumerate(row_gains) for g in row), key=lambda x: -x[0])
         tokens, best_t = float(batch_size), 0  # rows of other strategies emit one token at least
-        best = tokens / self.token_costs.seconds(batch_size)
+        best = without_drafts = tokens / self.token_costs.seconds(batch_size)
         for t, (g, _) in enumerate(ranked, 1):
             tokens += g
             value = tokens / (self.token_costs.seconds(batch_size + t, base=batch_size) + propose_seconds)
             if value > best:
                 best_t, best = t, value
+        if best < (1 + self.margin) * without_drafts:
+            best_t = 0
         if self.random.random() < self.explore:
             step = max(1, len(row_gains) // 4)
             best_t = min(len(ranked), max(0, best_t + self.random.choice((-1, 1)) * step))
@@ -236,7 +243,10 @@ class AutoDraftLength:
         the lowest width (plain decoding where no other strategy drafts): every choice is judged against
         the baseline, and a baseline measured only long ago (its cost guessed from the wide steps' ratio
         to the prior) can keep a wide width chosen at a load where it loses."""
-        best = max(range(low, high + 1), key=throughput)
+        values = {width: throughput(width) for width in range(low, high + 1)}
+        best = max(values, key=values.get)
+        if values[best] < (1 + self.margin) * values[low]:
+            best = low
         if self.random.random() < self.explore:
             return self.random.choice((max(low, best - 1), min(high, best + 1), low))
         return best
