@@ -53,7 +53,7 @@ def as_text(item: dict, tokenizer) -> str:
 async def one(client: httpx.AsyncClient, text: str, strategy: str, max_new: int) -> dict:
     body = {"inputs": text, "parameters": {"max_new_tokens": max_new, "details": True, "strategy": strategy}}
     start = time.perf_counter()
-    tokens, logprobs, times, first, error = [], [], [], None, None
+    tokens, logprobs, first, error = [], [], None, None
     try:
         async with client.stream("POST", "/generate_stream", json=body, timeout=600) as response:
             if response.status_code != 200:
@@ -65,8 +65,7 @@ async def one(client: httpx.AsyncClient, text: str, strategy: str, max_new: int)
                 if "error" in event:
                     error = event["error"]
                     break
-                times.append(time.perf_counter())
-                first = first or times[-1]
+                first = first or time.perf_counter()
                 tokens.append(event["token"]["id"])
                 logprobs.append(event["token"]["logprob"])
     except httpx.HTTPError as exc:
@@ -74,28 +73,24 @@ async def one(client: httpx.AsyncClient, text: str, strategy: str, max_new: int)
     end = time.perf_counter()
     if error:
         return {"error": error}
-    return {"tokens": tokens, "logprobs": logprobs, "times": times, "ttft": first - start,
+    return {"tokens": tokens, "logprobs": logprobs, "ttft": first - start,
             "itl": (end - first) / max(len(tokens) - 1, 1), "start": start, "end": end}
 
 
 async def load(base: str, texts: list[str], strategy: str, concurrency: int, requests: int, max_new: int):
-    """Every request's result, the run's wall time, and its full window: from the start until the first
-    client finds nothing left to send (from then on fewer than ``concurrency`` requests are in flight)."""
     queue = list(range(requests))
     results: dict[int, dict] = {}
-    idle: list[float] = []
 
     async def client_loop(client):
         while queue:
             i = queue.pop(0)
             results[i] = await one(client, texts[i % len(texts)], strategy, max_new)
-        idle.append(time.perf_counter())
 
     async with httpx.AsyncClient(base_url=base, limits=httpx.Limits(max_connections=concurrency + 4)) as client:
         started = time.perf_counter()
         await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
         wall = time.perf_counter() - started
-    return [results[i] for i in range(requests)], wall, (started, min(idle))
+    return [results[i] for i in range(requests)], wall
 
 
 def compare(tokens: list[int], logprobs: list[float], ref_tokens: list[int], ref_logprobs: list[float]) -> str:
@@ -111,13 +106,8 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
-def summarise(results: list[dict], wall: float, window: tuple[float, float], texts: list[str],
-              reference: dict[int, dict]) -> dict:
-    """``throughput_tps``: all tokens over the whole run, the drain at its end included (the last requests
-    run in a batch that empties; a strategy that makes some requests shorter than others drains longer).
-    ``full_tps``: tokens streamed in the full ``window`` over its length: the load the level names."""
+def summarise(results: list[dict], wall: float, texts: list[str], reference: dict[int, dict]) -> dict:
     ok = [r for r in results if "error" not in r]
-    in_window = sum(window[0] <= t <= window[1] for r in ok for t in r["times"])
     checks = [compare(r["tokens"], r["logprobs"], reference[i % len(texts)]["tokens"],
                       reference[i % len(texts)]["logprobs"]) for i, r in enumerate(results) if "error" not in r]
     tokens = sum(len(r["tokens"]) for r in ok)
@@ -130,7 +120,6 @@ def summarise(results: list[dict], wall: float, window: tuple[float, float], tex
         "itl_p50_ms": round(1000 * percentile([r["itl"] for r in ok], 0.5), 1),
         "itl_p99_ms": round(1000 * percentile([r["itl"] for r in ok], 0.99), 1),
         "tokens": tokens, "wall_s": round(wall, 2), "throughput_tps": round(tokens / wall, 1),
-        "full_s": round(window[1] - window[0], 2), "full_tps": round(in_window / (window[1] - window[0]), 1),
     }
 
 
@@ -165,7 +154,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="run every concurrency level this many times, "
                         "strategies interleaved, to tell noise from a real gap")
     parser.add_argument("--requests-per-client", type=int, default=2, help="requests each client sends in "
-                        "turn (at least one per prompt in all); more makes the full window longer")
+                        "turn (at least one per prompt in all): more makes the drain at a run's end a smaller share")
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -186,17 +175,17 @@ def main() -> None:
     try:
         for strategy in STRATEGIES:  # warm-up: first forwards of each width, auto's first measurements
             asyncio.run(load(base, texts, strategy, 4, 8, 16))
-        reference_runs, *_ = asyncio.run(load(base, texts, "none", 1, len(texts), args.max_new_tokens))
+        reference_runs, _ = asyncio.run(load(base, texts, "none", 1, len(texts), args.max_new_tokens))
         reference = dict(enumerate(reference_runs))
         table = []
         for repeat in range(args.repeats):
             for concurrency in levels:
                 requests = max(len(texts), args.requests_per_client * concurrency)
                 for strategy in STRATEGIES:
-                    results, wall, window = asyncio.run(load(base, texts, strategy, concurrency, requests,
-                                                             args.max_new_tokens))
+                    results, wall = asyncio.run(load(base, texts, strategy, concurrency, requests,
+                                                     args.max_new_tokens))
                     row = {"strategy": strategy, "concurrency": concurrency, "repeat": repeat,
-                           **summarise(results, wall, window, texts, reference)}
+                           **summarise(results, wall, texts, reference)}
                     table.append(row)
                     print(json.dumps(row), flush=True)
         metrics = httpx.get(base + "/metrics").text
@@ -209,11 +198,10 @@ def main() -> None:
     print(json.dumps({k: v for k, v in report.items() if k != "rows"}, indent=1))
     for c, repeat in ((c, r) for r in range(args.repeats) for c in levels):
         rows = [r for r in table if r["concurrency"] == c and r["repeat"] == repeat]
-        plain = next(r for r in rows if r["strategy"] == "none")
+        plain = next(r for r in rows if r["strategy"] == "none")["throughput_tps"]
         for r in rows:
             print(f"[{repeat}] c={c:<3} {r['strategy']:<6} {r['throughput_tps']:>7.1f} tok/s "
-                  f"({r['throughput_tps'] / plain['throughput_tps']:.2f}x), full {r['full_tps']:>7.1f} "
-                  f"({r['full_tps'] / plain['full_tps']:.2f}x)  ttft p50/p99 {r['ttft_p50_ms']}/{r['ttft_p99_ms']} ms  "
+                  f"({r['throughput_tps'] / plain:.2f}x)  ttft p50/p99 {r['ttft_p50_ms']}/{r['ttft_p99_ms']} ms  "
                   f"itl p50/p99 {r['itl_p50_ms']}/{r['itl_p99_ms']} ms  errors {r['errors']}  identical "
                   f"{r['identical']} near-tie {r['near_tie']} mismatch {r['mismatch']}")
     if args.json:
