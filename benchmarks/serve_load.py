@@ -77,14 +77,21 @@ async def one(client: httpx.AsyncClient, text: str, strategy: str, max_new: int)
             "itl": (end - first) / max(len(tokens) - 1, 1), "start": start, "end": end}
 
 
-async def load(base: str, texts: list[str], strategy: str, concurrency: int, requests: int, max_new: int):
+def length(i: int, max_new: int, spread: int) -> int:
+    """Request i's max_new_tokens: ``max_new`` give or take ``spread``, spread evenly over the requests,
+    so that closed-loop streams do not finish, and send again, in lockstep."""
+    return max_new - spread + (i * 37) % (2 * spread + 1)
+
+
+async def load(base: str, texts: list[str], strategy: str, concurrency: int, requests: int, max_new: int,
+               spread: int = 0):
     queue = list(range(requests))
     results: dict[int, dict] = {}
 
     async def client_loop(client):
         while queue:
             i = queue.pop(0)
-            results[i] = await one(client, texts[i % len(texts)], strategy, max_new)
+            results[i] = await one(client, texts[i % len(texts)], strategy, length(i, max_new, spread))
 
     async with httpx.AsyncClient(base_url=base, limits=httpx.Limits(max_connections=concurrency + 4)) as client:
         started = time.perf_counter()
@@ -106,10 +113,12 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
-def summarise(results: list[dict], wall: float, texts: list[str], reference: dict[int, dict]) -> dict:
+def summarise(results: list[dict], wall: float, texts: list[str], reference: dict[int, dict],
+              lengths: list[int]) -> dict:
     ok = [r for r in results if "error" not in r]
-    checks = [compare(r["tokens"], r["logprobs"], reference[i % len(texts)]["tokens"],
-                      reference[i % len(texts)]["logprobs"]) for i, r in enumerate(results) if "error" not in r]
+    checks = [compare(r["tokens"], r["logprobs"], reference[i % len(texts)]["tokens"][: lengths[i]],
+                      reference[i % len(texts)]["logprobs"][: lengths[i]])
+              for i, r in enumerate(results) if "error" not in r]
     tokens = sum(len(r["tokens"]) for r in ok)
     return {
         "requests": len(results), "errors": len(results) - len(ok),
@@ -155,6 +164,8 @@ def main() -> None:
                         "strategies interleaved, to tell noise from a real gap")
     parser.add_argument("--requests-per-client", type=int, default=2, help="requests each client sends in "
                         "turn (at least one per prompt in all): more makes the drain at a run's end a smaller share")
+    parser.add_argument("--length-spread", type=int, default=0, help="vary each request's max_new_tokens by up "
+                        "to this many tokens either way (0: all alike, so closed-loop streams run in lockstep)")
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -175,7 +186,8 @@ def main() -> None:
     try:
         for strategy in STRATEGIES:  # warm-up: first forwards of each width, auto's first measurements
             asyncio.run(load(base, texts, strategy, 4, 8, 16))
-        reference_runs, _ = asyncio.run(load(base, texts, "none", 1, len(texts), args.max_new_tokens))
+        reference_runs, _ = asyncio.run(load(base, texts, "none", 1, len(texts),
+                                             args.max_new_tokens + args.length_spread))
         reference = dict(enumerate(reference_runs))
         table = []
         for repeat in range(args.repeats):
@@ -183,9 +195,10 @@ def main() -> None:
                 requests = max(len(texts), args.requests_per_client * concurrency)
                 for strategy in STRATEGIES:
                     results, wall = asyncio.run(load(base, texts, strategy, concurrency, requests,
-                                                     args.max_new_tokens))
+                                                     args.max_new_tokens, args.length_spread))
+                    lengths = [length(i, args.max_new_tokens, args.length_spread) for i in range(requests)]
                     row = {"strategy": strategy, "concurrency": concurrency, "repeat": repeat,
-                           **summarise(results, wall, texts, reference)}
+                           **summarise(results, wall, texts, reference, lengths)}
                     table.append(row)
                     print(json.dumps(row), flush=True)
         metrics = httpx.get(base + "/metrics").text
@@ -194,6 +207,7 @@ def main() -> None:
         proc.terminate()
         proc.wait(timeout=120)
     report = {"cpu": cpu_model(), "date": time.strftime("%Y-%m-%d"), "max_new_tokens": args.max_new_tokens,
+              "length_spread": args.length_spread,
               "threads": os.cpu_count(), "rows": table, "auto_chosen_k": auto_k}
     print(json.dumps({k: v for k, v in report.items() if k != "rows"}, indent=1))
     for c, repeat in ((c, r) for r in range(args.repeats) for c in levels):
