@@ -77,21 +77,23 @@ async def one(client: httpx.AsyncClient, text: str, strategy: str, max_new: int)
             "itl": (end - first) / max(len(tokens) - 1, 1), "start": start, "end": end}
 
 
-def length(i: int, max_new: int, spread: int) -> int:
-    """Request i's max_new_tokens: ``max_new`` give or take ``spread``, spread evenly over the requests,
+def lengths(requests: int, max_new: int, spread: int = 0) -> list[int]:
+    """Each request's max_new_tokens: ``max_new`` give or take ``spread``, spread evenly over the requests,
     so that closed-loop streams do not finish, and send again, in lockstep."""
-    return max_new - spread + (i * 37) % (2 * spread + 1)
+    return [max_new - spread + (i * 37) % (2 * spread + 1) for i in range(requests)]
 
 
-async def load(base: str, texts: list[str], strategy: str, concurrency: int, requests: int, max_new: int,
-               spread: int = 0):
+async def load(base: str, texts: list[str], strategy: str, concurrency: int, max_new: list[int]):
+    """Request i (prompt ``i % len(texts)``, ``max_new[i]`` tokens) for every i, from ``concurrency``
+    clients; every result and the run's wall time."""
+    requests = len(max_new)
     queue = list(range(requests))
     results: dict[int, dict] = {}
 
     async def client_loop(client):
         while queue:
             i = queue.pop(0)
-            results[i] = await one(client, texts[i % len(texts)], strategy, length(i, max_new, spread))
+            results[i] = await one(client, texts[i % len(texts)], strategy, max_new[i])
 
     async with httpx.AsyncClient(base_url=base, limits=httpx.Limits(max_connections=concurrency + 4)) as client:
         started = time.perf_counter()
@@ -114,10 +116,10 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def summarise(results: list[dict], wall: float, texts: list[str], reference: dict[int, dict],
-              lengths: list[int]) -> dict:
+              max_new: list[int]) -> dict:
     ok = [r for r in results if "error" not in r]
-    checks = [compare(r["tokens"], r["logprobs"], reference[i % len(texts)]["tokens"][: lengths[i]],
-                      reference[i % len(texts)]["logprobs"][: lengths[i]])
+    checks = [compare(r["tokens"], r["logprobs"], reference[i % len(texts)]["tokens"][: max_new[i]],
+                      reference[i % len(texts)]["logprobs"][: max_new[i]])
               for i, r in enumerate(results) if "error" not in r]
     tokens = sum(len(r["tokens"]) for r in ok)
     return {
@@ -185,20 +187,19 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}"
     try:
         for strategy in STRATEGIES:  # warm-up: first forwards of each width, auto's first measurements
-            asyncio.run(load(base, texts, strategy, 4, 8, 16))
-        reference_runs, _ = asyncio.run(load(base, texts, "none", 1, len(texts),
-                                             args.max_new_tokens + args.length_spread))
+            asyncio.run(load(base, texts, strategy, 4, lengths(8, 16)))
+        reference_runs, _ = asyncio.run(load(base, texts, "none", 1,
+                                             lengths(len(texts), args.max_new_tokens + args.length_spread)))
         reference = dict(enumerate(reference_runs))
         table = []
         for repeat in range(args.repeats):
             for concurrency in levels:
                 requests = max(len(texts), args.requests_per_client * concurrency)
+                max_new = lengths(requests, args.max_new_tokens, args.length_spread)
                 for strategy in STRATEGIES:
-                    results, wall = asyncio.run(load(base, texts, strategy, concurrency, requests,
-                                                     args.max_new_tokens, args.length_spread))
-                    lengths = [length(i, args.max_new_tokens, args.length_spread) for i in range(requests)]
+                    results, wall = asyncio.run(load(base, texts, strategy, concurrency, max_new))
                     row = {"strategy": strategy, "concurrency": concurrency, "repeat": repeat,
-                           **summarise(results, wall, texts, reference, lengths)}
+                           **summarise(results, wall, texts, reference, max_new)}
                     table.append(row)
                     print(json.dumps(row), flush=True)
         metrics = httpx.get(base + "/metrics").text
