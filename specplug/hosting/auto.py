@@ -26,9 +26,9 @@ most expected tokens per second of step time, from measured costs and measured a
   budgets are then allocated over the drafts that exist, so no share goes to a row whose proposer found
   nothing. Dearer proposers get their budgets first, as above, so that they draft only what is verified.
 - A margin (``MARGIN``): drafting is chosen only where its expected tokens per second beat the step
-  without drafts by 5%. The best of several noisy estimates reads high (the winner's curse): at 32
-  rows a width chosen at an estimated 2-9% gain ran 0-4% under plain decoding (embedded engine, Intel
-  Xeon, 2026-12-07, docs/benchmarks.md). A near tie is not worth a wide verify's risk.
+  without drafts by 5%. The best of several noisy estimates reads high (the winner's curse), and at
+  32 rows a wide verify and plain decoding are near a tie (docs/benchmarks.md). A near tie is not
+  worth a wide verify's risk.
 - Exploration: with probability ``explore`` a width next to the best one, so the estimates around the
   choice stay fresh (a random far width could cost several steps' time on a CPU), or, where rows share
   a width, the lowest one: plain decoding is the baseline every choice is judged against.
