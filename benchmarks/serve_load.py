@@ -170,6 +170,9 @@ def main() -> None:
                         "to this many tokens either way (0: all alike, so closed-loop streams run in lockstep)")
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args()
+    if not 0 <= args.length_spread < args.max_new_tokens:
+        parser.error(f"--length-spread {args.length_spread}: give 0 up to --max-new-tokens - 1 "
+                     f"({args.max_new_tokens - 1}), so every request asks for at least one token")
     levels = [int(c) for c in args.concurrency.split(",")]
     from transformers import AutoTokenizer
 
