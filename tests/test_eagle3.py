@@ -283,3 +283,30 @@ def test_the_head_computes_the_same_with_the_target_s_measured_kernels(model, fo
     logits, out = head.finish(attended, hidden)
     torch.testing.assert_close(logits, logits_before, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out, out_before, rtol=1e-5, atol=1e-5)
+
+
+class DigitTokenizer:
+    """Raw-text prompts of space-separated token ids (what ``encode_prompt`` asks of a tokenizer)."""
+
+    def __call__(self, text: str) -> dict:
+        return {"input_ids": [int(t) for t in text.split()]}
+
+
+def test_data_shards_come_out_in_prompt_order_resume_and_stop_at_the_budget(model, tmp_path):
+    from specplug.eagle3_data import SHARD_PROMPTS, generate
+
+    texts = [" ".join(map(str, p)) for p in prompts(2 * SHARD_PROMPTS + 5, seed=4)]
+    shards = tmp_path / "shards"
+    samples = generate(model, DigitTokenizer(), (), texts, LAYERS, 5, 10 ** 9, shards, rows=8)
+    assert [s.token_ids[:12] for s in samples] == [p for p in prompts(len(texts), seed=4)]
+    alone = run(Engine(model, None, NoProposer(), RejectionSampler(), 1, 1, MAX_LEN),
+                [Request(i, p, 5) for i, p in enumerate(prompts(len(texts), seed=4)) if i % 40 == 0])
+    assert all(samples[i].token_ids[12:] == tokens for i, tokens in alone.items())
+    assert sorted(p.name for p in shards.iterdir()) == ["shard-00000.pt", "shard-00001.pt", "shard-00002.pt"]
+    (shards / "shard-00002.pt").unlink()
+    again = generate(model, DigitTokenizer(), (), texts, LAYERS, 5, 10 ** 9, shards, rows=8)
+    assert [s.token_ids for s in again] == [s.token_ids for s in samples]
+    assert [s.token_ids for s in generate(None, DigitTokenizer(), (), texts, LAYERS, 5, 10 ** 9, shards)] == \
+        [s.token_ids for s in samples]  # all read back: no model needed
+    budget = generate(model, DigitTokenizer(), (), texts, LAYERS, 5, 1, tmp_path / "small", rows=8)
+    assert len(budget) == SHARD_PROMPTS and len(list((tmp_path / "small").iterdir())) == 1
