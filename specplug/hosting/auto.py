@@ -21,7 +21,9 @@ most expected tokens per second of step time, from measured costs and measured a
   decoding's (``draft_value``, decayed); while it does not, steps decode plainly and only exploring
   ones call it (an EAGLE-3 head whose drafts cost more than they are worth on open-ended text). A
   proposer that costs next to nothing (``CHEAP_PROPOSER`` of a plain step: ngram, suffix) is always
-  called: its drafts are weighed every step.
+  called: its drafts are weighed every step. A dearer one drafts only as deep as the steps keep (the
+  decayed mean of the tokens kept, rounded; one deeper on exploring steps), not its full k: an EAGLE-3
+  head pays for every chained draft step it takes.
 - In a packed host a cheap proposer without confidences also drafts its full k for every row, and the
   budgets are then allocated over the drafts that exist, so no share goes to a row whose proposer found
   nothing. Dearer proposers get their budgets first, as above, so that they draft only what is verified.
@@ -49,6 +51,7 @@ ROW_DECAY = 0.8  # weight of a row's older steps per new step
 GLOBAL_DECAY = 0.98
 PRIOR_STEPS = 2.0  # pseudo-steps of the strategy-wide rate in a row's estimate
 CHEAP_PROPOSER = 0.02  # of a plain step: a proposer this cheap drafts first and is cut after (packed hosts)
+DEPTH_DECAY = 0.9  # weight of older steps in the depth a dear confident proposer drafts to
 MARGIN = 0.05  # a step that drafts must beat decoding without drafts by this share of expected tokens per second
 
 
@@ -136,6 +139,7 @@ class AutoDraftLength:
         self.rows: dict[Hashable, Acceptance] = {}
         self.calibration = Calibration()
         self.confident = False  # the proposer states confidences: draft k, then trim
+        self.kept_depth = float(k)  # decayed mean of the most draft tokens a step kept (confident proposers)
         self.propose_seconds = 0.0  # decayed mean time of a proposer call that drafted
         self.drafted = False  # whether this step's proposer call drafted anything (before trimming)
         self.deferred = False  # this step's budgets are chosen once the drafts are known (cheap proposer, packed)
@@ -158,7 +162,7 @@ class AutoDraftLength:
             if self.draft_value < 1.0 and not self._cheap(batch_size) and self.random.random() >= self.explore:
                 self.chosen[0] += len(rows)
                 return [0] * len(rows)
-            return [self.k] * len(rows)
+            return [self._depth(batch_size)] * len(rows)
         if self.packed:
             self.deferred = self._cheap(batch_size)
             if self.deferred:
@@ -169,6 +173,13 @@ class AutoDraftLength:
                              lambda w: self._throughput(rates, batch_size, w, self.propose_seconds))
         self.chosen[width - 1] += len(rows)
         return [width - 1] * len(rows)
+
+    def _depth(self, batch_size: int) -> int:
+        """How deep a confident proposer drafts: its full k if it is cheap, else as deep as steps keep."""
+        if self._cheap(batch_size):
+            return self.k
+        explore = self.random.random() < self.explore
+        return min(self.k, max(1, int(self.kept_depth + 0.5)) + explore)
 
     def _cheap(self, batch_size: int) -> bool:
         """Whether the proposer's calls cost next to nothing against a plain step (``CHEAP_PROPOSER``)."""
@@ -193,6 +204,7 @@ class AutoDraftLength:
             seconds = self.token_costs.seconds(batch_size + sum(budgets), base=batch_size)
             self._value_of_drafting(tokens / (seconds + self.propose_seconds),
                                     batch_size / self.token_costs.seconds(batch_size))
+            self._kept(max(budgets, default=0), lengths)
             return budgets
         width = self._choose(min(floor_width, max(lengths) + 1), max(lengths) + 1,
                              lambda w: self._throughput(rates, batch_size, w, 0.0))
@@ -200,7 +212,13 @@ class AutoDraftLength:
         step = self.costs.seconds(batch_size, width)
         self._value_of_drafting(self._throughput(rates, batch_size, width, 0.0) * step / (step + self.propose_seconds),
                                 self._throughput(rates, batch_size, 1, 0.0))
+        self._kept(width - 1, lengths)
         return [min(n, width - 1) for n in lengths]
+
+    def _kept(self, kept: int, lengths: list[int]) -> None:
+        """A step kept at most ``kept`` draft tokens of a row: the depth the proposer drafts to follows."""
+        if any(lengths):
+            self.kept_depth = DEPTH_DECAY * self.kept_depth + (1 - DEPTH_DECAY) * min(kept, max(lengths))
 
     def _value_of_drafting(self, drafting: float, plain: float) -> None:
         """Expected tokens per second of this step's trimmed drafts (their proposer's time included) and
