@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -32,18 +33,18 @@ def self_written(model, tokenizer, eos_token_ids, count: int, path: Path, rows: 
                  log=sys.stderr) -> list[Prompt]:
     """``count`` distinct user messages the target wrote (seeds 0, 1, ...), kept in ``path`` (JSONL) as they
     are made, so a second run (or one that was interrupted) reads them instead."""
-    prompts = _read(path)
+    prompts, seed = _read(path)
     if len(prompts) >= count:
         return prompts[:count]
     prefix = user_turn_prefix(tokenizer)
     shortest, longest = SELF_WRITTEN_TOKENS
     engine = Engine(model, tokenizer, NoProposer(), RejectionSampler(), 1, rows, len(prefix) + longest + 2, 0,
                     eos_token_ids)
-    seen, seed, in_flight = {p[0]["content"] for p in prompts}, len(prompts) and _next_seed(path), 0
+    seen, in_flight = {p[0]["content"] for p in prompts}, 0
     with tqdm(total=count, initial=len(prompts), desc="self-written prompts", unit="prompt", file=log) as bar:
         while len(prompts) < count:
             for _ in range(2 * rows - in_flight):  # a queue beyond the rows, so they stay full
-                engine.add_request(Request(seed, prefix, longest, _sampling(seed)))
+                engine.add_request(Request(seed, prefix, longest, replace(SELF_WRITTEN_SAMPLING, seed=seed)))
                 seed, in_flight = seed + 1, in_flight + 1
             for output in engine.step():
                 if output.finish_reason is None:
@@ -69,19 +70,13 @@ def user_turn_prefix(tokenizer) -> list[int]:
     return list(tokenizer(text[: text.index(_CUT)], add_special_tokens=False)["input_ids"])
 
 
-def _sampling(seed: int) -> SamplingParams:
-    s = SELF_WRITTEN_SAMPLING
-    return SamplingParams(s.temperature, s.top_k, s.top_p, seed)
-
-
-def _read(path: Path) -> list[Prompt]:
-    if not path.is_file():
-        return []
-    return [json.loads(line)["messages"] for line in path.read_text().splitlines()[1:]]
-
-
-def _next_seed(path: Path) -> int:
-    return json.loads(path.read_text().splitlines()[0])["next_seed"]
+def _read(path: Path) -> tuple[list[Prompt], int]:
+    """The prompts kept at ``path`` and the seed the next one is sampled with (none yet: [], 0)."""
+    text = path.read_text() if path.is_file() else ""
+    if not text.strip():
+        return [], 0
+    first, *lines = text.splitlines()
+    return [json.loads(line)["messages"] for line in lines], json.loads(first)["next_seed"]
 
 
 def _write(path: Path, prompts: list[Prompt], next_seed: int) -> None:

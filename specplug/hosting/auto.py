@@ -159,10 +159,11 @@ class AutoDraftLength:
     def plan(self, rows: list, batch_size: int, floor_width: int) -> list[int]:
         self._forget_finished(rows)
         if self.confident:  # ``trim`` chooses, once the drafts and their confidences are known
-            if self.draft_value < 1.0 and not self._cheap(batch_size) and self.random.random() >= self.explore:
+            cheap = self._cheap(batch_size)
+            if self.draft_value < 1.0 and not cheap and self.random.random() >= self.explore:
                 self.chosen[0] += len(rows)
                 return [0] * len(rows)
-            return [self._depth(batch_size)] * len(rows)
+            return [self.k if cheap else self._depth()] * len(rows)
         if self.packed:
             self.deferred = self._cheap(batch_size)
             if self.deferred:
@@ -174,10 +175,8 @@ class AutoDraftLength:
         self.chosen[width - 1] += len(rows)
         return [width - 1] * len(rows)
 
-    def _depth(self, batch_size: int) -> int:
-        """How deep a confident proposer drafts: its full k if it is cheap, else as deep as steps keep."""
-        if self._cheap(batch_size):
-            return self.k
+    def _depth(self) -> int:
+        """How deep a dear confident proposer drafts: as deep as the steps keep, one deeper when exploring."""
         explore = self.random.random() < self.explore
         return min(self.k, max(1, int(self.kept_depth + 0.5)) + explore)
 
