@@ -13,6 +13,13 @@ pytestmark = pytest.mark.slow
 PROMPTS = ["The three primary colours are", "def fibonacci(n):"]
 
 
+@pytest.fixture(autouse=True)
+def studies_in_tmp_path(tmp_path, monkeypatch):
+    """Studies live in the user's cache keyed by the tuned config's path, and pytest reuses its tmp paths
+    across runs: a study left by an earlier run would be resumed. Each test gets its own cache."""
+    monkeypatch.setattr("specplug.tune.cache_dir", lambda: tmp_path / "cache")
+
+
 def test_sparse_masks_skip_little_and_never_the_first_or_last_layer():
     masks = sparse_masks(20, 30, seed=0)
     assert all(any(m.values()) for m in masks)
