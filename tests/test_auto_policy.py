@@ -132,7 +132,7 @@ def test_a_cheap_proposer_drafts_first_and_the_budget_goes_to_the_rows_that_foun
 def test_a_dear_proposer_is_asked_only_for_what_will_be_verified():
     auto = AutoDraftLength(3, {1: 10.0, 12: 11.0, 13: 40.0, 64: 90.0}, explore=0.0, packed=True)
     rows = [Row(i) for i in range(8)]
-    auto.drafted = True
+    auto.drafted = auto.after_call = True
     auto.observe(rows, [Draft([1, 2, 3])] * 8, [3] * 8, 8, 4, 0.0, 0.005)  # half a step per call
     asked = auto.plan(rows, 8, 1)
     assert not auto.deferred and 0 < sum(asked) <= 4
@@ -246,14 +246,16 @@ def test_ngram_drafts_are_weighed_by_what_their_match_length_turned_out_to_be_wo
 
 
 def test_exploring_measures_plain_decoding_again_so_a_stale_figure_for_it_cannot_keep_a_wide_width():
-    """32 rows sharing one width (the embedded engine): plain decoding measured once, at a slow moment,
-    and width 4 since. Exploring only next to the chosen width would never correct the old figure."""
+    """32 rows sharing one width (the embedded engine): plain decoding measured in a slow spell, and
+    width 4 since. Exploring only next to the chosen width would never correct the old figure."""
     prior = {1: 51.0, 32: 82.0, 64: 114.0, 96: 146.0, 128: 178.0}
     true_ms = {1: 100.0, 2: 200.0, 3: 215.0, 4: 225.0}  # at the acceptance below plain decoding pays most
     auto = AutoDraftLength(3, prior, explore=0.3, seed=0)
     rows, draft = [Row(i) for i in range(32)], Draft([1, 2, 3], confidence=[0.6] * 3)
-    auto.observe(rows, [Draft([])] * 32, [0] * 32, 32, 1, 0.300, 0.0)  # plain once, at 300 ms
-    auto.observe(rows, [draft] * 32, [3 if i % 3 == 0 else 0 for i in range(32)], 32, 4, 0.225, 0.0)
+    for _ in range(3):  # plain measured in a slow spell, at 300 ms, then width 4 since
+        auto.observe(rows, [Draft([])] * 32, [0] * 32, 32, 1, 0.300, 0.0)
+    for _ in range(3):
+        auto.observe(rows, [draft] * 32, [3 if i % 3 == 0 else 0 for i in range(32)], 32, 4, 0.225, 0.0)
     widths = []
     for _ in range(300):
         auto.plan(rows, 32, 1)
@@ -302,3 +304,35 @@ def test_a_dear_confident_proposer_drafts_only_as_deep_as_the_steps_keep():
     assert cheap[1:] == [3] * (len(cheap) - 1), "a cheap proposer's full draft costs nothing: trim alone decides"
     exploring = run_deep(AutoDraftLength(3, costs, explore=0.2, seed=1), seconds_per_draft_token=0.0004, steps=200)
     assert 1 in exploring[-50:] and 2 in exploring[-50:], "one deeper now and then, in case it pays"
+
+
+def test_one_slow_step_does_not_decide_what_a_width_costs():
+    """A width is measured only while it is chosen. Read as it came, one slow step at width 2 (the OS, a
+    neighbour's burst) made an EAGLE-3 head's verify look 7x dearer than a decode step, and auto drafted
+    nothing for the rest of the run (Intel Xeon, 2026-12-07)."""
+    auto = AutoDraftLength(1, {1: 10.0, 2: 11.0}, explore=0.0)
+    rows, draft, kept = [Row("a")], Draft([7], confidence=[0.9]), []
+    for _ in range(3):  # the first steps decode plainly (the head has no features yet)
+        auto.observe(rows, [Draft([])], [0], 1, 1, 0.010, 0.0)
+    for step in range(40):
+        auto.plan(rows, 1, 1)
+        kept.append(auto.trim(rows, [draft], 1, 1)[0])
+        seconds = 0.080 if step == 0 else 0.010 + 0.001 * kept[-1]
+        auto.observe(rows, [draft.cut(kept[-1])], [kept[-1]], 1, 1 + kept[-1], seconds, 0.0005)
+    assert kept == [1] * 40
+    for _ in range(3):  # a width that is dearer for more than a step is dearer
+        auto.observe(rows, [draft], [1], 1, 2, 0.080, 0.0005)
+    assert auto.trim(rows, [draft], 1, 1) == [0]
+
+
+def test_a_call_after_plain_steps_does_not_set_what_calling_costs():
+    """The first call after plain steps (or after the prompt) catches up on every position since: an
+    EAGLE-3 head feeds them all at once. Steady calls cost less, and they are what the choice to call
+    the proposer must weigh."""
+    auto = AutoDraftLength(1, {1: 10.0, 2: 11.0}, explore=0.0)
+    rows, draft = [Row("a")], Draft([7], confidence=[0.9])
+    for propose_seconds in (0.030, 0.001, 0.001, 0.001):  # the first: the prompt's catch-up
+        assert auto.plan(rows, 1, 1) == [1]
+        keep = auto.trim(rows, [draft], 1, 1)[0]
+        auto.observe(rows, [draft.cut(keep)], [keep], 1, 1 + keep, 0.011, propose_seconds)
+    assert auto.propose_seconds < 0.001

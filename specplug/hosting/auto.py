@@ -23,7 +23,9 @@ most expected tokens per second of step time, from measured costs and measured a
   proposer that costs next to nothing (``CHEAP_PROPOSER`` of a plain step: ngram, suffix) is always
   called: its drafts are weighed every step. A dearer one drafts only as deep as the steps keep (the
   decayed mean of the tokens kept, rounded; one deeper on exploring steps), not its full k: an EAGLE-3
-  head pays for every chained draft step it takes.
+  head pays for every chained draft step it takes. The proposer's time is read only from a call that
+  follows a call: the first after a run of plain steps catches up on every position since (a head fed
+  twenty positions at once), and counting it would make calling look dearer than it is.
 - In a packed host a cheap proposer without confidences also drafts its full k for every row, and the
   budgets are then allocated over the drafts that exist, so no share goes to a row whose proposer found
   nothing. Dearer proposers get their budgets first, as above, so that they draft only what is verified.
@@ -142,6 +144,7 @@ class AutoDraftLength:
         self.kept_depth = float(k)  # decayed mean of the most draft tokens a step kept (confident proposers)
         self.propose_seconds = 0.0  # decayed mean time of a proposer call that drafted
         self.drafted = False  # whether this step's proposer call drafted anything (before trimming)
+        self.calling = self.after_call = False  # whether this step asks for drafts, and whether the last one did
         self.deferred = False  # this step's budgets are chosen once the drafts are known (cheap proposer, packed)
         self.draft_value = 1.0  # decayed: drafting's expected tokens per second against plain decoding's
         self.random = random.Random(seed)
@@ -157,6 +160,11 @@ class AutoDraftLength:
         return prior if mine is None else mine.rate(prior, PRIOR_STEPS)
 
     def plan(self, rows: list, batch_size: int, floor_width: int) -> list[int]:
+        budgets = self._plan(rows, batch_size, floor_width)
+        self.after_call, self.calling = self.calling, any(budgets)
+        return budgets
+
+    def _plan(self, rows: list, batch_size: int, floor_width: int) -> list[int]:
         self._forget_finished(rows)
         if self.confident:  # ``trim`` chooses, once the drafts and their confidences are known
             cheap = self._cheap(batch_size)
@@ -283,7 +291,7 @@ class AutoDraftLength:
             self.token_costs.observe(tokens, target_seconds)
         else:
             self.costs.observe(batch_size, width, target_seconds)
-        if self.drafted:  # the proposer's time counts even where every draft was then cut
+        if self.drafted and self.after_call:  # its time counts even where every draft was then cut
             self.propose_seconds = 0.8 * self.propose_seconds + 0.2 * propose_seconds
         for row, draft, a in zip(rows, drafts, accepted):
             mine = self.rows.setdefault(row.seq_id, Acceptance(ROW_DECAY))

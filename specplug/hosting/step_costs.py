@@ -1,7 +1,10 @@
 """What a step costs, as ``auto`` learns it: a prior by token count, corrected by every measured step.
 
 - ``StepCosts``: an engine that pads a step to its widest row (the embedded engine): a step of B rows at
-  width W costs what its B * W tokens cost, corrected per (rows, width) measured.
+  width W costs what its B * W tokens cost, corrected per (rows, width) by the median of its recent
+  steps. A width is measured only while it is chosen, so one slow step (the OS, a neighbour's burst)
+  must not decide it: read as it came, one 4-8x step at width 2 made an EAGLE-3 head's verify look too
+  dear to choose again, and auto drafted nothing for the rest of the run (Intel Xeon, 2026-12-07).
 - ``TokenCosts``: an engine that packs each row's own tokens (vLLM, TensorRT-LLM): a step costs what its
   tokens cost, whatever the rows; every measured step corrects the estimate at its token count, and a
   count not yet measured reads the correction between its measured neighbours.
@@ -10,8 +13,12 @@
 from __future__ import annotations
 
 import bisect
+import statistics
+from collections import deque
 
-COST_DECAY = 0.9  # weight of older step-time ratios at one (rows, width) or token count
+COST_DECAY = 0.9  # weight of older step-time ratios at one token count (TokenCosts)
+RECENT_STEPS = 5  # steps at one (rows, width) whose median ratio is its cost (StepCosts)
+SETTLED = 3  # until a (rows, width) has this many steps, the others' ratio fills in for the missing ones
 
 
 class Prior:
@@ -42,21 +49,27 @@ class StepCosts:
 
     def __init__(self, prior_ms_by_tokens: dict[int, float]):
         self.prior = Prior(prior_ms_by_tokens)
-        self.ratio: dict[tuple[int, int], float] = {}  # measured / prior at (rows, width)
+        self.recent: dict[tuple[int, int], deque[float]] = {}  # measured / prior of the last steps at (rows, width)
 
     def seconds(self, rows: int, width: int) -> float:
-        ratio = self.ratio.get((rows, width))
-        if ratio is None:  # unseen: what this batch size (else any) measured against the prior
-            near = [r for (b, _), r in self.ratio.items() if b == rows] or list(self.ratio.values()) or [1.0]
-            ratio = sum(near) / len(near)
-        return self.prior(rows * width) * ratio
+        seen = list(self.recent.get((rows, width), ()))
+        if len(seen) < SETTLED:  # few or none: the others' correction stands in for the steps not yet seen
+            seen += [self._others(rows, width)] * (SETTLED - len(seen))
+        return self.prior(rows * width) * statistics.median(seen)
+
+    def _others(self, rows: int, width: int) -> float:
+        """What this batch size (else any) measured against the prior at other widths."""
+        ratios = {key: statistics.median(r) for key, r in self.recent.items() if key != (rows, width)}
+        near = [r for (b, _), r in ratios.items() if b == rows] or list(ratios.values()) or [1.0]
+        return sum(near) / len(near)
 
     def measured_ms(self) -> dict[str, float]:
         """What a step costs where one was measured, in ms, by "rows x width"."""
-        return {f"{b}x{w}": round(1000 * self.seconds(b, w), 2) for b, w in sorted(self.ratio)}
+        return {f"{b}x{w}": round(1000 * self.seconds(b, w), 2) for b, w in sorted(self.recent)}
 
     def observe(self, rows: int, width: int, seconds: float) -> None:
-        self.ratio[(rows, width)] = _decayed(self.ratio.get((rows, width)), seconds / self.prior(rows * width))
+        recent = self.recent.setdefault((rows, width), deque(maxlen=RECENT_STEPS))
+        recent.append(seconds / self.prior(rows * width))
 
 
 class TokenCosts:
