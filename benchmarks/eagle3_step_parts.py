@@ -14,9 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 
 from specplug.bench import machine_description
 from specplug.config import load_config
@@ -24,6 +26,9 @@ from specplug.llm import LLM
 from specplug.models.runner import StepRunner
 from specplug.proposers.eagle3_drafter import Eagle3Drafter
 from specplug.prompts import read_prompts_file
+
+sys.path.insert(0, str(Path(__file__).parent))
+from compare_proposers import variant  # noqa: E402
 
 TIMES: dict[str, list[float]] = defaultdict(list)
 
@@ -49,10 +54,8 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=96)
     args = parser.parse_args()
-    config = load_config(args.config)
     plain = LLM(load_config("configs/none.yaml"))
-    head = plain.variant(config.proposer.name, num_speculative_tokens=config.num_speculative_tokens,
-                         **config.proposer.options)
+    head = variant(plain, args.config)
     prompts = [plain.encode(p) for p in read_prompts_file(args.prompts_file)][: args.prompts]
     for llm in (plain, head):  # warm-up: first forwards of each width
         llm.generate_ids([prompts[0][:32]], 8)

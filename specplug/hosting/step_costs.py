@@ -50,17 +50,20 @@ class StepCosts:
     def __init__(self, prior_ms_by_tokens: dict[int, float]):
         self.prior = Prior(prior_ms_by_tokens)
         self.recent: dict[tuple[int, int], deque[float]] = {}  # measured / prior of the last steps at (rows, width)
+        self.median: dict[tuple[int, int], float] = {}  # of each one's recent ratios
 
     def seconds(self, rows: int, width: int) -> float:
-        seen = list(self.recent.get((rows, width), ()))
-        if len(seen) < SETTLED:  # few or none: the others' correction stands in for the steps not yet seen
-            seen += [self._others(rows, width)] * (SETTLED - len(seen))
-        return self.prior(rows * width) * statistics.median(seen)
+        seen = self.recent.get((rows, width), ())
+        if len(seen) >= SETTLED:
+            ratio = self.median[(rows, width)]
+        else:  # few or none: the others' correction stands in for the steps not yet seen
+            ratio = statistics.median([*seen, *[self._others(rows, width)] * (SETTLED - len(seen))])
+        return self.prior(rows * width) * ratio
 
     def _others(self, rows: int, width: int) -> float:
         """What this batch size (else any) measured against the prior at other widths."""
-        ratios = {key: statistics.median(r) for key, r in self.recent.items() if key != (rows, width)}
-        near = [r for (b, _), r in ratios.items() if b == rows] or list(ratios.values()) or [1.0]
+        others = {key: r for key, r in self.median.items() if key != (rows, width)}
+        near = [r for (b, _), r in others.items() if b == rows] or list(others.values()) or [1.0]
         return sum(near) / len(near)
 
     def measured_ms(self) -> dict[str, float]:
@@ -70,6 +73,7 @@ class StepCosts:
     def observe(self, rows: int, width: int, seconds: float) -> None:
         recent = self.recent.setdefault((rows, width), deque(maxlen=RECENT_STEPS))
         recent.append(seconds / self.prior(rows * width))
+        self.median[(rows, width)] = statistics.median(recent)
 
 
 class TokenCosts:
