@@ -215,6 +215,51 @@ def test_a_row_whose_features_have_a_gap_gets_no_drafts(model):
     assert drafter.rows == [] and drafter.cache.lengths == [0, 0]
 
 
+class LogitsKept(Eagle3Drafter):
+    """Keeps the draft logits each pick was made from, per row and draft step."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen: dict = {}
+
+    def _pick(self, request, row, drafted, logits):
+        self.seen.setdefault(request.seq_id, []).append(logits.clone())
+        return super()._pick(request, row, drafted, logits)
+
+
+def reference_logits(head: Eagle3Head, model: CompactLlama, tokens: list[int], drafted: list[int]) -> torch.Tensor:
+    """The head's draft logits [draft_vocab] after one row fed ``tokens`` whole, then chained over ``drafted``
+    (each chained entry: the last entry's hidden output and a drafted token), every entry through the whole
+    head (as training computes it)."""
+    hidden = head.project_features(features_of(model, tokens)[:-1])[None]
+    ids = list(tokens[1:])
+    for extra in range(len(drafted) + 1):
+        embeds = torch.nn.functional.embedding(torch.tensor([ids]), model.embed)
+        q, k, v = head.qkv(embeds, hidden, torch.arange(len(ids))[None])
+        attended = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        logits, out = head.finish(attended, hidden)
+        if extra < len(drafted):
+            hidden, ids = torch.cat([hidden, out[:, -1:]], 1), ids + [drafted[extra]]
+    return logits[0, -1]
+
+
+def test_a_catch_up_drafts_what_the_whole_head_computes_at_each_row_s_last_entry(model):
+    """A catch-up takes every fed entry's keys and values but runs only each row's last entry on through
+    attention, the MLP and the LM head: its draft logits, and those of the chained step after it, are
+    those of the whole head over every entry, for rows of different lengths in one call."""
+    head = tiny_head(model)
+    drafter = LogitsKept("eagle3", head, model.embed, 3, MAX_LEN, K)
+    rows = {"short": prompts(1, seed=1)[0][:5], "long": prompts(1, seed=2)[0] * 2}
+    for seq_id, tokens in rows.items():
+        drafter.on_target_features(seq_id, 0, features_of(model, tokens)[:-1])
+    drafts = drafter.propose([DraftRequest(seq_id, tokens, 2, 2) for seq_id, tokens in rows.items()])
+    for (seq_id, tokens), draft in zip(rows.items(), drafts):
+        first, second = drafter.seen[seq_id]
+        torch.testing.assert_close(first, reference_logits(head, model, tokens, []))
+        torch.testing.assert_close(second, reference_logits(head, model, tokens, draft.token_ids[:1]))
+        assert draft.token_ids[0] == int(head.target_ids[first.argmax()])
+
+
 def test_vllm_flags_name_vllms_own_eagle3_method_for_an_eagle3_config(head_dir, tmp_path, capsys):
     from specplug_vllm.flags import main, speculative_config
 

@@ -33,6 +33,11 @@ from specplug.models.llama import rms_norm, rope_table
 ARCHITECTURE = "LlamaForCausalLMEagle3"
 
 
+def entries(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x [B, T, C] at entries ``index`` [B, T'] of each row: [B, T', C]."""
+    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
+
+
 @dataclass(frozen=True)
 class HeadShape:
     hidden: int
@@ -106,17 +111,22 @@ class Eagle3Head(nn.Module):
         """Target features [..., len(layers) * hidden] -> the head's hidden input [..., hidden]."""
         return self._linear(features.to(self.fc.dtype), "fc")
 
-    def qkv(self, embeds: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor):
+    def qkv(self, embeds: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor,
+            queries_at: torch.Tensor | None = None):
         """Queries [B, q_heads, T, d], keys and values [B, kv_heads, T, d] of tokens' ``embeds`` [B, T, H] and
-        ``hidden`` [B, T, H] at ``positions`` [B, T]."""
+        ``hidden`` [B, T, H] at ``positions`` [B, T]; the queries only at entries ``queries_at`` [B, T'] if
+        given ([B, q_heads, T', d]: a drafter needs each row's last output, and the others' keys and values)."""
         s = self.shape
         x = torch.cat([rms_norm(embeds, self.input_norm, s.norm_eps), rms_norm(hidden, self.hidden_norm, s.norm_eps)], -1)
         batch, steps = x.shape[:2]
-        q = self._linear(x, "q_proj").view(batch, steps, s.q_heads, s.head_dim)
         k = self._linear(x, "k_proj").view(batch, steps, s.kv_heads, s.head_dim)
         v = self._linear(x, "v_proj").view(batch, steps, s.kv_heads, s.head_dim)
-        rope = self.rope[positions][:, :, None]  # [B, T, 1, d / 2, 2]
-        return self._rotate(q, rope).transpose(1, 2), self._rotate(k, rope).transpose(1, 2), v.transpose(1, 2)
+        k = self._rotate(k, self.rope[positions][:, :, None])  # rope: [B, T, 1, d / 2, 2]
+        if queries_at is not None:
+            x, positions = entries(x, queries_at), positions.gather(1, queries_at)
+        q = self._linear(x, "q_proj").view(batch, x.shape[1], s.q_heads, s.head_dim)
+        q = self._rotate(q, self.rope[positions][:, :, None])
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
     @staticmethod
     def _rotate(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from specplug.metadata import Draft, DraftRequest
-from specplug.models.eagle3 import Eagle3Head
+from specplug.models.eagle3 import Eagle3Head, entries
 from specplug.models.kv_cache import StaticKVCache
 from specplug.models.llama import CompactLlama
 from specplug.proposers.base import Proposer
@@ -98,8 +98,8 @@ class Eagle3Drafter(Proposer):
                                                      [[chain.tokens[i][-1]] for i in running],
                                                      [hidden[i][None] for i in running],
                                                      [positions[i] for i in running])
-            logits = dict(zip(running, step_logits[:, 0]))
-            hidden = dict(zip(running, step_hidden[:, 0]))
+            logits = dict(zip(running, step_logits))
+            hidden = dict(zip(running, step_hidden))
         return {r.seq_id: d for r, d in zip(requests, chain.drafts(with_confidence=True))}
 
     def _catch_up(self, requests: list[DraftRequest], rows: list[HeadSlot]):
@@ -119,40 +119,46 @@ class Eagle3Drafter(Proposer):
             hiddens.append(new)
             row.fed += new.shape[0]
         logits, hidden = self._forward(rows, chunks, hiddens, starts)
-        last = [len(c) - 1 for c in chunks]
-        index = range(len(rows))
-        return ({i: logits[i, last[i]] for i in index}, {i: hidden[i, last[i]] for i in index},
-                {i: starts[i] + last[i] for i in index})
+        return dict(enumerate(logits)), dict(enumerate(hidden)), {i: starts[i] + len(c) - 1 for i, c in enumerate(chunks)}
 
     def _forward(self, rows: list[HeadSlot], chunks: list[list[int]], hiddens: list[torch.Tensor],
                  starts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """One head step over every live slot, ``rows`` fed ``chunks`` (tokens) with ``hiddens`` [m, H] from
         positions ``starts`` on, the other slots a dummy entry past their real ones (overwritten later).
-        Returns draft logits [len(rows), T, draft_vocab] and hidden outputs [len(rows), T, H]."""
+        Every entry's keys and values go to the cache; only each row's last entry goes on through
+        attention, the MLP and the LM head (a catch-up over a whole prompt needs nothing else).
+        Returns its draft logits [len(rows), draft_vocab] and hidden output [len(rows), H]."""
         width = max(map(len, chunks))
         live, s = len(self.rows), self.head.shape
         ids = torch.zeros((live, width), dtype=torch.long)
         hidden = torch.zeros((live, width, s.hidden), dtype=self.embed.dtype, device=self.embed.device)
         start = torch.tensor([self.cache.lengths[i] for i in range(live)])
+        last = torch.zeros((live, 1), dtype=torch.long)  # [live, 1]: each slot's last real entry
         for row, chunk, h, first in zip(rows, chunks, hiddens, starts):
             ids[row.slot, : len(chunk)] = torch.tensor(chunk, dtype=torch.long)
             hidden[row.slot, : len(chunk)] = h
-            start[row.slot] = first
+            start[row.slot], last[row.slot] = first, len(chunk) - 1
         positions = (start[:, None] + torch.arange(width)).clamp(max=self.cache.max_len - 1).to(self.embed.device)
+        last = last.to(self.embed.device)
         upto = int(positions.max()) + 1
-        q, k, v = self.head.qkv(F.embedding(ids.to(self.embed.device), self.embed), hidden, positions)
+        q, k, v = self.head.qkv(F.embedding(ids.to(self.embed.device), self.embed), hidden, positions, last)
         self.cache.write(0, slice(0, live), positions, k.transpose(1, 2), v.transpose(1, 2))
         k_all, v_all = self.cache.read(0, slice(0, live), upto)
-        mask = CompactLlama.attention_mask(positions, upto, q.dtype)
+        mask = CompactLlama.attention_mask(positions.gather(1, last), upto, q.dtype)
         attended = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, enable_gqa=True)
-        logits, out = self.head.finish(attended, hidden)
+        logits, out = self.head.finish(attended, entries(hidden, last))
         for row in rows:
             self.cache.lengths[row.slot] = row.fed  # draft entries past it are overwritten next time
         slots = [row.slot for row in rows]
-        return logits[slots], out[slots]
+        return logits[slots, 0], out[slots, 0]
 
     def _pick(self, request: DraftRequest, row: HeadSlot, drafted: list[int], logits: torch.Tensor):  # noqa: ARG002
-        """The next draft token after ``drafted`` from the head's draft ``logits`` [draft_vocab] (``chain.pick``)."""
+        """The next draft token after ``drafted`` from the head's draft ``logits`` [draft_vocab] (``chain.pick``).
+        A greedy row's argmax and its probability read the same over the draft vocabulary (every other
+        token's logit is -inf), so only a sampled row's logits are spread over the target's vocabulary."""
+        if request.sampling.greedy:
+            token, _, sure = pick(request, logits, None)
+            return int(self.head.target_ids[token]), None, sure
         return pick(request, self.head.full_logits(logits), row.generator)
 
     def _new_row(self, seq_id: Hashable) -> HeadSlot:
