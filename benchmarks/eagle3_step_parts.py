@@ -2,7 +2,8 @@
 
 Times, per call: the target's forward by verify width (``StepRunner.run``), the whole proposer call
 (``propose``), and inside it the head's forwards (``_forward``: catch-up and chained draft steps) and its
-picks (``_pick``: the draft logits spread over the target's vocabulary, argmax and confidence). Reports
+picks (``_pick``: argmax and confidence; a sampled row's logits spread over the target's vocabulary), and
+each of the head's matrix products (``Eagle3Head._linear`` by weight; ``fc`` runs outside the forward). Reports
 medians in ms and each part as a share of a plain decode step, so the cost of a k = 1 step reads
 directly: (verify at width 2 + the proposer call) / plain step.
 
@@ -23,6 +24,7 @@ from pathlib import Path
 from specplug.bench import machine_description
 from specplug.config import load_config
 from specplug.llm import LLM
+from specplug.models.eagle3 import Eagle3Head
 from specplug.models.runner import StepRunner
 from specplug.proposers.eagle3_drafter import Eagle3Drafter
 from specplug.prompts import read_prompts_file
@@ -63,6 +65,7 @@ def main() -> None:
     timed(Eagle3Drafter, "propose", lambda self, *_: "proposer call")
     timed(Eagle3Drafter, "_forward", lambda self, rows, chunks, *_: f"head forward, {max(map(len, chunks))} wide")
     timed(Eagle3Drafter, "_pick", lambda self, *_: "head pick")
+    timed(Eagle3Head, "_linear", lambda self, x, name: f"head product {name}, {x.numel() // x.shape[-1]} rows")
     for ids in prompts:  # interleaved, prompt by prompt
         for llm in (plain, head):
             llm.generate_ids([ids], args.max_new_tokens)
