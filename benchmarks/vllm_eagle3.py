@@ -1,5 +1,6 @@
 """vLLM plain against vLLM's own eagle3 method with specplug's head (the checkpoint configs/eagle3.yaml
-names, flags from ``specplug_vllm.flags``), greedy, one request at a time, prompts interleaved, in one run.
+names, flags from ``specplug_vllm.flags``), greedy, one request at a time, prompts interleaved, in one run,
+reported per prompts file.
 
     .venv/bin/python benchmarks/vllm_eagle3.py --prompts-file benchmarks/open_ended_heldout.jsonl > out.json
 """
@@ -37,11 +38,20 @@ def main() -> None:
     speculative = speculative_config(config)
     engines = {"vLLM plain": LLM(**common), "vLLM eagle3 (specplug head)": LLM(**common, speculative_config=speculative)}
     tokenizer = next(iter(engines.values())).get_tokenizer()
-    prompts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
-               for path in args.prompts_file for p in read_prompts_file(path)]
+    files = {path: [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+                    for p in read_prompts_file(path)] for path in args.prompts_file}
     params = SamplingParams(temperature=0.0, max_tokens=args.max_new_tokens)
     for llm in engines.values():
-        llm.generate(prompts[:1], SamplingParams(temperature=0.0, max_tokens=8), use_tqdm=False)
+        llm.generate(next(iter(files.values()))[:1], SamplingParams(temperature=0.0, max_tokens=8), use_tqdm=False)
+    report = {path: interleaved(engines, prompts, params) for path, prompts in files.items()}
+    print(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": machine_description(), "speculative_config":
+                      speculative, "max_new_tokens": args.max_new_tokens,
+                      "files": [{"prompts_file": path, "prompts": len(files[path]), "rows": rows}
+                                for path, rows in report.items()]}, indent=2))
+
+
+def interleaved(engines: dict, prompts: list[str], params) -> list[dict]:
+    """Each engine on each prompt in turn: tok/s, against the first engine (plain), and prompts differing from it."""
     totals = {name: {"tokens": 0, "seconds": 0.0} for name in engines}
     outputs: dict[str, list[list[int]]] = {name: [] for name in engines}
     for prompt in prompts:
@@ -51,16 +61,12 @@ def main() -> None:
             totals[name]["seconds"] += time.perf_counter() - start
             totals[name]["tokens"] += len(out.token_ids)
             outputs[name].append(list(out.token_ids))
-    plain = outputs["vLLM plain"]
-    base = totals["vLLM plain"]["tokens"] / totals["vLLM plain"]["seconds"]
-    rows = [{"engine": name, "tokens": t["tokens"], "tokens_per_second": round(t["tokens"] / t["seconds"], 2),
+    plain_name = next(iter(engines))
+    plain, base = outputs[plain_name], totals[plain_name]["tokens"] / totals[plain_name]["seconds"]
+    return [{"engine": name, "tokens": t["tokens"], "tokens_per_second": round(t["tokens"] / t["seconds"], 2),
              "speedup_vs_plain": round(t["tokens"] / t["seconds"] / base, 3),
              "prompts_differing_from_plain": sum(a != b for a, b in zip(plain, outputs[name]))}
             for name, t in totals.items()]
-    print(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": machine_description(), "speculative_config":
-                      speculative, "prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "rows": rows},
-                     indent=2))
-
 
 if __name__ == "__main__":
     main()

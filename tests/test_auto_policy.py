@@ -222,6 +222,32 @@ def test_a_confident_proposer_is_not_called_while_its_drafts_are_worth_less_than
     assert 0 < sum(exploring[-100:]) < 50, "closed, it still tries now and then"
 
 
+def run_passages(auto: AutoDraftLength, passages: list[tuple[int, float]]) -> list[int]:
+    """One row under a dear head (a draft step of 0.1 decode steps, a 2-token verify of 1.1), through
+    ``passages`` of (steps, confidence): drafts stated at 0.9 are accepted, at 0.1 rejected. The budgets
+    ``plan`` gave."""
+    rows, budgets = [Row("a")], []
+    for steps, confidence in passages:
+        for _ in range(steps):
+            budgets.append(auto.plan(rows, 1, 1)[0])
+            drafted = Draft([7], confidence=[confidence]) if budgets[-1] else Draft([])
+            keep = auto.trim(rows, [drafted], 1, 1)[0]
+            accepted = int(keep == 1 and confidence > 0.5)
+            auto.observe(rows, [drafted.cut(keep)], [accepted], 1, 1 + keep, 0.010 + 0.001 * keep,
+                         0.001 if budgets[-1] else 0.0)
+    return budgets
+
+
+def test_a_run_of_unsure_drafts_does_not_close_a_head_that_pays_on_average():
+    """A passage the head does not know (its drafts cut, each such call a loss) must not close a head that
+    pays everywhere else: its value falls slowly and rises at once. A head that never pays still closes."""
+    learning = [(4, 0.9), (1, 0.1)] * 8  # what each stated confidence is worth
+    budgets = run_passages(AutoDraftLength(1, {1: 10.0, 2: 11.0}, explore=0.0), learning + [(12, 0.1), (20, 0.9)])
+    assert budgets[sum(steps for steps, _ in learning):] == [1] * 32
+    never = run_passages(AutoDraftLength(1, {1: 10.0, 2: 11.0}, explore=0.0), [(40, 0.1)])
+    assert never[-20:] == [0] * 20
+
+
 def test_a_cheap_proposer_is_called_every_step_however_little_its_drafts_are_worth():
     """ngram costs microseconds: not calling it would save nothing and miss the row that starts copying."""
     budgets = run_confident(AutoDraftLength(1, {1: 10.0, 2: 12.4}, explore=0.0), accepted_every=4,
