@@ -194,18 +194,23 @@ def test_config_takes_auto_and_refuses_other_words(tmp_path):
         load_config(str(path))
 
 
+def one_step(auto: AutoDraftLength, row: Row, confidence: float, accepted_if_kept: bool, seconds_per_draft: float,
+             propose_seconds: float) -> int:
+    """One step of one row whose one-token draft is stated at ``confidence`` (a plain step costs 10 ms, each
+    verified draft ``seconds_per_draft`` more); the budget ``plan`` gave."""
+    budget = auto.plan([row], 1, 1)[0]
+    drafted = Draft([7], confidence=[confidence]) if budget else Draft([])
+    keep = auto.trim([row], [drafted], 1, 1)[0]
+    auto.observe([row], [drafted.cut(keep)], [int(keep == 1 and accepted_if_kept)], 1, 1 + keep,
+                 0.010 + seconds_per_draft * keep, propose_seconds if budget else 0.0)
+    return budget
+
+
 def run_confident(auto: AutoDraftLength, accepted_every: int, propose_seconds: float, steps: int = 60) -> list[int]:
     """``steps`` steps of one row whose one-token drafts (stated confidence 0.9) are accepted every
     ``accepted_every``-th time; the budgets ``plan`` gave."""
-    rows, draft, budgets = [Row("a")], Draft([7], confidence=[0.9]), []
-    for step in range(steps):
-        budgets.append(auto.plan(rows, 1, 1)[0])
-        drafted = draft if budgets[-1] else Draft([])
-        keep = auto.trim(rows, [drafted], 1, 1)[0]
-        accepted = int(keep == 1 and step % accepted_every == 0)
-        auto.observe(rows, [drafted.cut(keep)], [accepted], 1, 1 + keep, 0.010 + 0.0024 * keep,
-                     propose_seconds if budgets[-1] else 0.0)
-    return budgets
+    row = Row("a")
+    return [one_step(auto, row, 0.9, step % accepted_every == 0, 0.0024, propose_seconds) for step in range(steps)]
 
 
 def test_a_confident_proposer_is_not_called_while_its_drafts_are_worth_less_than_its_own_time():
@@ -226,16 +231,9 @@ def run_passages(auto: AutoDraftLength, passages: list[tuple[int, float]]) -> li
     """One row under a dear head (a draft step of 0.1 decode steps, a 2-token verify of 1.1), through
     ``passages`` of (steps, confidence): drafts stated at 0.9 are accepted, at 0.1 rejected. The budgets
     ``plan`` gave."""
-    rows, budgets = [Row("a")], []
-    for steps, confidence in passages:
-        for _ in range(steps):
-            budgets.append(auto.plan(rows, 1, 1)[0])
-            drafted = Draft([7], confidence=[confidence]) if budgets[-1] else Draft([])
-            keep = auto.trim(rows, [drafted], 1, 1)[0]
-            accepted = int(keep == 1 and confidence > 0.5)
-            auto.observe(rows, [drafted.cut(keep)], [accepted], 1, 1 + keep, 0.010 + 0.001 * keep,
-                         0.001 if budgets[-1] else 0.0)
-    return budgets
+    row = Row("a")
+    return [one_step(auto, row, confidence, confidence > 0.5, 0.001, 0.001)
+            for steps, confidence in passages for _ in range(steps)]
 
 
 def test_a_run_of_unsure_drafts_does_not_close_a_head_that_pays_on_average():

@@ -121,12 +121,11 @@ class Eagle3Head(nn.Module):
         batch, steps = x.shape[:2]
         k = self._linear(x, "k_proj").view(batch, steps, s.kv_heads, s.head_dim)
         v = self._linear(x, "v_proj").view(batch, steps, s.kv_heads, s.head_dim)
-        k = self._rotate(k, self.rope[positions][:, :, None])  # rope: [B, T, 1, d / 2, 2]
+        rope = q_rope = self.rope[positions][:, :, None]  # [B, T, 1, d / 2, 2]
         if queries_at is not None:
-            x, positions = entries(x, queries_at), positions.gather(1, queries_at)
+            x, q_rope = entries(x, queries_at), self.rope[positions.gather(1, queries_at)][:, :, None]
         q = self._linear(x, "q_proj").view(batch, x.shape[1], s.q_heads, s.head_dim)
-        q = self._rotate(q, self.rope[positions][:, :, None])
-        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        return self._rotate(q, q_rope).transpose(1, 2), self._rotate(k, rope).transpose(1, 2), v.transpose(1, 2)
 
     @staticmethod
     def _rotate(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
